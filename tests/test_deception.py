@@ -478,3 +478,22 @@ def test_cache_key_depends_on_the_weights_dtype(cache_dir, monkeypatch):
         monkeypatch.undo()
         seen.append(caught.value.args[0])
     assert seen[0] != seen[1]
+
+
+def test_strong_sweep_fans_out_over_worker_processes(tmp_path, cache_dir):
+    """--launcher local --workers 2: one job per strong model, sharing the weak ceiling through
+    the cache; the parent's pass trains nothing and reports what one process reports."""
+    sweep = [*TINY, "--strong", "tiny:llama-2x32,tiny:llama-1x64", "--conflict", "none,explicit"]
+    fanned = tmp_path / "fanned"
+    assert cli(["deception", *sweep, "--launcher", "local", "--workers", "2",
+                "--run-dir", str(fanned)]) == 0
+    metrics = json.loads((fanned / "metrics.json").read_text())
+    assert metrics["trained_models"] == 0  # the jobs trained everything
+    jobs = sorted(p.name for p in (fanned / "jobs").iterdir() if p.is_dir())
+    assert jobs == ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
+    cache_dir.rename(tmp_path / "used-cache")
+    alone = tmp_path / "alone"
+    assert cli(["deception", *sweep, "--run-dir", str(alone)]) == 0
+    ref = json.loads((alone / "metrics.json").read_text())
+    assert [(r["pair"], r["deception_score_explicit"]) for r in metrics["table"]] == [
+        (r["pair"], r["deception_score_explicit"]) for r in ref["table"]]

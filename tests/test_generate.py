@@ -136,3 +136,39 @@ def test_generation_stops_at_every_end_token_of_the_model(tiny):
         model.generation_config.eos_token_id = old
     stops = kwargs["eos_token_id"]
     assert set(stops if isinstance(stops, list) else [stops]) == {tok.eos_token_id, 260}
+
+
+def test_vllm_backend_gets_the_hf_token_ids_and_explicit_sampling(tiny, monkeypatch):
+    """No vLLM here: a stand-in module records what the backend hands it."""
+    import sys
+    import types
+
+    import w2s.models.generate as gen
+
+    model, tok = tiny
+    seen = {}
+
+    class LLM:
+        def __init__(self, model, seed):
+            seen["model"], seen["seed"] = model, seed
+
+        def generate(self, prompts, params):
+            seen["prompts"], seen["params"] = prompts, params
+            out = types.SimpleNamespace(text="ok")
+            return [types.SimpleNamespace(outputs=[out]) for _ in prompts]
+
+    def sampling_params(**kw):
+        return kw
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM,
+                                                                    SamplingParams=sampling_params))
+    monkeypatch.setattr(gen, "vllm_available", lambda: (True, ""))
+    cfg = SamplingConfig(max_new_tokens=5, temperature=0.7, top_k=0, top_p=0.9, seed=3)
+    texts = generate(model, tok, ["hi", "yo"], cfg, backend="vllm", model_name="/m", chat=True)
+    assert texts == ["ok", "ok"] and seen["model"] == "/m" and seen["seed"] == 3
+    expected = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                            add_generation_prompt=True),
+                    add_special_tokens=False)["input_ids"] for p in ("hi", "yo")]
+    assert [p["prompt_token_ids"] for p in seen["prompts"]] == expected
+    assert seen["params"] == {"max_tokens": 5, "temperature": 0.7, "top_k": -1, "top_p": 0.9,
+                              "seed": 3, "skip_special_tokens": True}

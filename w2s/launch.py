@@ -150,3 +150,33 @@ def run_jobs(jobs: list[Job], log_dir: Path, *, launcher: str = "local", workers
     if launcher == "local":
         return run_local(jobs, log_dir, workers=workers, log=log)
     raise W2SError(f"unknown launcher '{launcher}'; choose one of {list(LAUNCHERS)}")
+
+
+def fan_out(method: str, config, jobs: dict[str, dict], run) -> None:
+    """Run a sweep's jobs: ``jobs`` maps a job name to the overrides that make it one part of
+    the sweep (e.g. ``{"strong": "gpt2-xl", "seeds": [0]}``). Each job is the resolved
+    ``config`` plus those overrides, written as a recipe under ``<run>/jobs/`` and run as an
+    ordinary ``w2s <method>`` with its own run directory there, by ``config.launcher`` (with
+    ``config.workers``). The jobs share the content-hash cache; the caller's own pass over the
+    sweep afterwards reads every result from it and writes the table."""
+    import yaml
+
+    from w2s.config import config_to_dict
+
+    if len(jobs) < 2:
+        run.log({"event": "note", "note": "one job only: no fan-out"})
+        return
+    jobs_dir = run.path / "jobs"
+    todo = []
+    for name, overrides in jobs.items():
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        job = {**config_to_dict(config), **overrides, "launcher": "none", "workers": 0,
+               "run_dir": str(jobs_dir / safe)}
+        recipe = jobs_dir / f"{safe}.yaml"
+        if run.main:
+            recipe.parent.mkdir(parents=True, exist_ok=True)
+            recipe.write_text(yaml.safe_dump(job, sort_keys=False))
+        todo.append(Job(safe, [method, "--recipe", str(recipe)]))
+    if run.main:
+        run.log({"event": "fan-out", "launcher": config.launcher, "jobs": [j.name for j in todo]})
+        run_jobs(todo, jobs_dir, launcher=config.launcher, workers=config.workers, log=run.log)

@@ -121,6 +121,10 @@ class DeceptionConfig:
     seed: int = option(0, "seed of the data sample, the A/B split and training")
     seeds: list[int] = option([], "several seeds (a sweep; overrides seed)")
     eval_batch_size: int = option(32, "pairs per forward pass when predicting")
+    launcher: str = option("none", "fan a sweep out: none (this process), local (one job per "
+                           "visible GPU, or --workers CPU processes), ray (a Ray cluster)",
+                           choices=["none", "local", "ray"])
+    workers: int = option(0, "launcher local without GPUs: CPU worker processes (0 = 1)")
     device: str = option("auto", "auto, cpu, cuda or mps")
     dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
     run_dir: str | None = option(None, "run directory (default runs/deception/<time>-<hash>)")
@@ -147,6 +151,11 @@ def run(cfg: DeceptionConfig) -> dict:
            "helpful_task": plan["helpful_task"],
            "data": {str(s): d["fingerprints"] for s, d in data.items()}}
     with Run.start("deception", cfg, run_dir=cfg.run_dir, env_extra=env) as run:
+        if cfg.launcher != "none":
+            from w2s.launch import fan_out
+
+            run.keep("the sweep's job logs (jobs/*.log)")  # a failed job is not bad input
+            fan_out("deception", cfg, sweep_jobs(plan), run)  # into the shared cache
         exp.run = run
         for note in plan["notes"]:
             run.log({"event": "note", "note": note})
@@ -154,6 +163,14 @@ def run(cfg: DeceptionConfig) -> dict:
                    for seed in plan["seeds"] for chain in plan["chains"]]
         run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
         return run.finish(summarize(results, plan, run))
+
+
+def sweep_jobs(plan: dict) -> dict[str, dict]:
+    """A sweep over strong models and seeds as parallel jobs (:func:`w2s.launch.fan_out`), one
+    per (strong model, seed); the jobs share the weak ceiling through the cache (the first one
+    trains it, the others wait for it)."""
+    return {f"{chain[-1]}-seed{seed}": {"strong": chain[-1], "seeds": [seed], "seed": seed}
+            for seed in plan["seeds"] for chain in plan["chains"]}
 
 
 def _names(text: str) -> list[str]:

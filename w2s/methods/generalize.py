@@ -109,6 +109,7 @@ CONFIG = GeneralizeConfig
 
 def run(cfg: GeneralizeConfig) -> dict:
     """Run every experiment the config asks for in one run directory; returns metrics.json."""
+    from w2s.launch import fan_out
     from w2s.methods.generalize_core import Experiment
     from w2s.runs import Run
 
@@ -120,7 +121,7 @@ def run(cfg: GeneralizeConfig) -> dict:
     with Run.start("generalize", cfg, run_dir=cfg.run_dir, env_extra=env) as run:
         if cfg.launcher != "none":
             run.keep("the sweep's job logs (jobs/*.log)")  # a failed job is not bad input
-            fan_out(cfg, plan, run)  # the jobs train everything into the shared cache
+            fan_out("generalize", cfg, sweep_jobs(cfg, plan), run)  # into the shared cache
         exp.run = run
         results = []
         for seed in plan["seeds"]:
@@ -133,42 +134,22 @@ def run(cfg: GeneralizeConfig) -> dict:
         return run.finish(metrics)
 
 
-def fan_out(cfg: GeneralizeConfig, plan: dict, run) -> None:
-    """Run the sweep's experiments as parallel jobs (:mod:`w2s.launch`), one per (strong model,
-    seed), so each strong ceiling is trained by exactly one job. Every job is an ordinary
-    ``w2s generalize`` run under ``<run>/jobs/``; afterwards the caller's own pass over the
-    sweep finds every model in the cache and only writes the table."""
-    import yaml
-
-    from w2s.config import config_to_dict
-    from w2s.launch import Job, run_jobs
-
+def sweep_jobs(cfg: GeneralizeConfig, plan: dict) -> dict[str, dict]:
+    """The sweep as parallel jobs (:func:`w2s.launch.fan_out`): one per (strong model, seed),
+    so each strong ceiling is trained by exactly one job."""
     groups: dict[tuple[str, int], list[list[str]]] = {}
     for seed in plan["seeds"]:
         for chain in plan["chains"]:
             groups.setdefault((chain[-1], seed), []).append(chain)
-    if len(groups) < 2:
-        run.log({"event": "note", "note": "one job only: no fan-out"})
-        return
-    jobs_dir = run.path / "jobs"
-    jobs = []
+    jobs = {}
     for (strong, seed), chains in groups.items():
-        name = f"{strong}-seed{seed}".replace("/", "_").replace(":", "_")
-        job = config_to_dict(cfg)
-        job.update(seeds=[seed], seed=seed, launcher="none", workers=0,
-                   run_dir=str(jobs_dir / name))
+        job: dict[str, Any] = {"seeds": [seed], "seed": seed}
         if cfg.chain:
             job["chain"] = ",".join(chains[0])
         else:
             job.update(weak=",".join(dict.fromkeys(c[0] for c in chains)), strong=strong)
-        recipe = jobs_dir / f"{name}.yaml"
-        if run.main:
-            recipe.parent.mkdir(parents=True, exist_ok=True)
-            recipe.write_text(yaml.safe_dump(job, sort_keys=False))
-        jobs.append(Job(name, ["generalize", "--recipe", str(recipe)]))
-    if run.main:
-        run.log({"event": "fan-out", "launcher": cfg.launcher, "jobs": [j.name for j in jobs]})
-        run_jobs(jobs, jobs_dir, launcher=cfg.launcher, workers=cfg.workers, log=run.log)
+        jobs[f"{strong}-seed{seed}"] = job
+    return jobs
 
 
 def _names(text: str) -> list[str]:

@@ -727,7 +727,9 @@ class MACPO:
         items = [encode(base.tokenizer, fmt.text(r["prompt"]), r["response"],
                         max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep) for r in rows]
         tok = base.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        from w2s.models import pad_id
+
+        pad = pad_id(tok)
         sums, counts = score_items(base.model, items, pad) if items else ([], [])
         return [{**r, "perplexity": perplexity(s, n), "tokens": n}
                 for r, s, n in zip(rows, sums, counts, strict=True)]

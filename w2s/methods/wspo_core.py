@@ -267,13 +267,13 @@ def _encode(plan: Plan) -> None:
     rows = plan.train.rows
     plan.weak_items = [encode(weak_tok, r["prompt"], r["chosen"], **opts) for r in rows]
     plan.strong_items = [encode(strong_tok, r["prompt"], r["chosen"], **opts) for r in rows]
-    plan.pad = {"weak": _pad_id(weak_tok), "strong": _pad_id(strong_tok)}
+    from w2s.models import pad_id
+
+    plan.pad = {"weak": pad_id(weak_tok), "strong": pad_id(strong_tok)}
     if cfg.granularity == "token":
         check_same_tokens(plan.weak_items, plan.strong_items, rows, cfg.weak, cfg.strong)
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def check_same_tokens(a_items, b_items, rows, a_name: str, b_name: str,

@@ -17,6 +17,7 @@ from w2s.models.loading import (
     load_causal_lm,
     load_classifier,
     load_tokenizer,
+    pad_id,
     param_count,
     pick_device,
     pick_dtype,
@@ -34,5 +35,5 @@ __all__ = [
     "load_causal_lm", "load_classifier", "Classifier", "pick_device", "pick_dtype",
     "sequence_logprobs", "response_logprobs", "LoraSettings", "apply_lora", "tiny_tokenizer",
     "models_table", "format_chat", "param_count", "build_tiny", "position_ids_from_mask",
-    "load_reward_model", "save_model",
+    "load_reward_model", "save_model", "pad_id",
 ]

@@ -112,12 +112,11 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
                  progress: bool, chat: bool) -> list[str]:
     import torch
 
-    # a template writes its own special tokens; plain text gets the tokenizer's usual ones (a
-    # BOS for Llama / Mistral / Gemma), as every other w2s encoding of a plain prompt does
-    special = not _templated(tokenizer, chat)
-    encoded = [tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
+    encoded = _encode(tokenizer, texts, chat)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # little padding per batch
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    from w2s.models.loading import pad_id as _pad_id
+
+    pad_id = _pad_id(tokenizer)
     greedy = cfg.temperature == 0
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
                   pad_token_id=pad_id, eos_token_id=sorted(eos_ids(model, tokenizer)) or None)
@@ -151,14 +150,26 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
     return [outputs[i] for i in range(len(texts))]
 
 
-def _vllm_generate(model_name: str, texts: list[str], cfg: SamplingConfig) -> list[str]:
+def _encode(tokenizer, texts: list[str], chat: bool) -> list[list[int]]:
+    """Token ids of formatted prompts: a template writes its own special tokens; plain text
+    gets the tokenizer's usual ones (a BOS for Llama / Mistral / Gemma), as every other w2s
+    encoding of a plain prompt does. Both backends generate from exactly these ids."""
+    special = not _templated(tokenizer, chat)
+    return [tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
+
+
+def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingConfig,
+                   chat: bool) -> list[str]:
+    """vLLM from the same token ids as the hf backend (a templated prompt's BOS is not added
+    a second time) and with the same explicit sampling parameters."""
     from vllm import LLM, SamplingParams  # optional extra
 
     llm = LLM(model=model_name, seed=cfg.seed)
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p,
-                            seed=cfg.seed)
-    return [o.outputs[0].text for o in llm.generate(texts, params)]
+                            seed=cfg.seed, skip_special_tokens=True)
+    prompts = [{"prompt_token_ids": ids} for ids in _encode(tokenizer, texts, chat)]
+    return [o.outputs[0].text for o in llm.generate(prompts, params)]
 
 
 class _progress:
@@ -203,7 +214,7 @@ def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig 
     if pick_backend(backend) == "vllm":
         if not model_name:
             raise W2SError("the vllm backend needs model_name (a path or hub id it can load)")
-        return _vllm_generate(model_name, texts, cfg)
+        return _vllm_generate(model_name, tokenizer, texts, cfg, chat)
     return _hf_generate(model, tokenizer, texts, cfg, progress, chat)
 
 

@@ -159,6 +159,15 @@ def load_tokenizer(name: str | ResolvedModel, *, padding_side: str = "right"):
     return tokenizer
 
 
+def pad_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else EOS, else 0. Padding is always
+    masked out, so any id is correct; the loaders set a pad token, this covers the rest."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # causal LM
 

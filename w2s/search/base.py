@@ -23,6 +23,7 @@ import torch
 
 from w2s.api import ApiClient, endpoint_url, one_line
 from w2s.errors import W2SError
+from w2s.models.loading import pad_id
 from w2s.search.cache import CachedLM
 from w2s.search.text import encode_prompt, eos_ids, sample_next
 
@@ -46,7 +47,7 @@ class HFBase:
         self.tokenizer = tokenizer
         self.chat = chat
         self.stop = eos_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_id(tokenizer)
         self.lm = CachedLM(model, pad)
         self.device = self.lm.device
         self.tokens_sampled = 0

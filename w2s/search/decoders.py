@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from w2s.models.loading import pad_id
 from w2s.search.base import Sampling
 from w2s.search.cache import CachedLM
 from w2s.search.guide import Guide
@@ -246,7 +247,7 @@ def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: f
     clock = Clock(compute, device)
     vocab = len(base_tokenizer)
     stop = eos_ids(base_model, base_tokenizer)
-    pad = base_tokenizer.pad_token_id if base_tokenizer.pad_token_id is not None else 0
+    pad = pad_id(base_tokenizer)
     lms = {"base": CachedLM(base_model, pad), **guide.lms}
     with clock("base"):
         lms["base"].start([encode_prompt(base_tokenizer, p, chat) for p in prompts])

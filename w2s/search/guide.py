@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from w2s.errors import W2SError
+from w2s.models.loading import pad_id
 from w2s.models.logprobs import response_logprobs, sequence_logprobs
 from w2s.search.cache import CachedLM
 from w2s.search.text import encode_prompt, encode_response
@@ -53,7 +54,7 @@ class Guide:
     def __init__(self, tuned, untuned, tokenizer, *, chat: bool):
         self.tokenizer = tokenizer
         self.chat = chat
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_id(tokenizer)
         self.lms = {"tuned": CachedLM(tuned, pad), "untuned": CachedLM(untuned, pad)}
         self.tokens_scored = 0   # response tokens scored, both models together (this search)
         self.retokenized = 0     # tokens taken back because new text changed their tokenization
@@ -154,7 +155,7 @@ def score_texts(tuned, untuned, tokenizer, prompts: list[str], texts: list[str],
     """
     if batch_size < 1:
         raise W2SError(f"batch_size must be >= 1, got {batch_size}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     seqs = []
     for prompt, text, done in zip(prompts, texts, finished, strict=True):
         p_ids = encode_prompt(tokenizer, prompt, chat)

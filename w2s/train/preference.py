@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from w2s.errors import W2SError
+from w2s.models.loading import pad_id
 from w2s.models.logprobs import response_logprobs
 from w2s.train.losses import dpo_loss, reward_model_loss, sft_loss, simpo_loss
 
@@ -275,10 +276,6 @@ def reward_scores(model, items: Sequence[Encoded], pad_id: int, *, batch_size: i
 # stages
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def train_sft(model, tokenizer, rows: Sequence[dict], config, *, max_len: int = 512,
               chat: bool = True, sep: str = "", eos: bool = True, truncation: str = "prompt",
               **train_kwargs: Any):
@@ -290,7 +287,7 @@ def train_sft(model, tokenizer, rows: Sequence[dict], config, *, max_len: int = 
 
     examples = [encode(tokenizer, r["prompt"], r["response"], max_len=max_len, chat=chat,
                        sep=sep, eos=eos, truncation=truncation) for r in rows]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
 
     def loss_fn(m, batch):
         summed, n = sequence_logprobs_of(m, batch)
@@ -328,7 +325,7 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
         raise W2SError(f"beta must be > 0, got {beta}")
     if ftx < 0:
         raise W2SError(f"ftx (the SFT weight) must be >= 0, got {ftx}")
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     examples = encode_pairs(tokenizer, rows, max_len=max_len, chat=chat, sep=sep)
     if objective == "dpo":
         reference_logprobs(model, examples, pad, batch_size=ref_batch_size,
@@ -366,7 +363,7 @@ def train_reward_model(model, tokenizer, rows: Sequence[dict], config, *, max_le
     """
     from w2s.train import train
 
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     examples = encode_pairs(tokenizer, rows, max_len=max_len, chat=chat, sep=sep)
 
     def loss_fn(m, batch):
