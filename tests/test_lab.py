@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from w2s.cli import main
-from w2s.lab import LEGS, _summarize_generalize, run_lab
+from w2s.lab import LEGS, _summarize_deception, _summarize_generalize, run_lab
 
 TINY = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-sentiment",
         "n_train": 64, "n_test": 24, "max_ctx": 32, "n_boot": 100,
@@ -27,6 +27,28 @@ def test_generalize_verdict_is_computed_from_the_figures():
     assert s["shows"] is False and "no gap to recover" in s["verdict"]
     worse = {"xent": {**good["xent"], "w2s_acc": 0.55, "pgr": -0.25}}
     assert _summarize_generalize(worse)["shows"] is False
+
+
+def _deception_metrics(score, weak, n=320, reason=None, flips=(0, 0, 0, 0)):
+    areas = {k: {"n": n // 4, "flips": f, "tax": f / (n // 4)}
+             for k, f in zip(("SU&WU", "SU&WK", "SK&WK", "SK&WU"), flips, strict=True)}
+    return {"deception_score": score, "deception_reason": reason, "headline_setting": "explicit",
+            "areas": areas, "table": [{"weak_ceiling_acc": weak, "strong_ceiling_acc": 0.8}],
+            "settings": {"explicit": {"n": n, "baseline_share": 0.25}}}
+
+
+def test_deception_verdict_states_the_score_the_ceilings_and_a_weak_model_at_chance():
+    s = _summarize_deception({"run": _deception_metrics(0.5, weak=0.65, flips=(1, 0, 1, 2))})
+    assert s["shows"] is True and s["random_flip_share"] == 0.25
+    assert "deception score 0.5 vs 0.25" in s["verdict"] and "SK&WU 2/80" in s["verdict"]
+    assert "chance" not in s["verdict"]  # 0.65 on 320 pairs is far above chance
+    reason = "undefined: the conflict turned no test example from right to wrong"
+    s = _summarize_deception({"run": _deception_metrics(None, weak=0.51, reason=reason)})
+    assert s["shows"] is False
+    assert "undefined (the conflict turned" in s["verdict"] and "undefined: undefined" not in s[
+        "verdict"]
+    assert "weak ceiling 0.51" in s["verdict"] and "within two standard errors of chance" in s[
+        "verdict"]
 
 
 @pytest.mark.filterwarnings("ignore")

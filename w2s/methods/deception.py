@@ -39,6 +39,12 @@ One GPU, or the CPU::
 Sweeps (``--strong gpt2-medium,gpt2-large,gpt2-xl``, ``--seeds 0,1,2``) train the weak ceiling
 once per seed (every trained model's predictions are cached by content hash) and plot the
 deception score against the weak-strong gap (``deception.png``).
+
+N GPUs: each training stage runs data-parallel under ``torchrun`` / ``accelerate launch``, and a
+sweep over strong models fans out one job per GPU (``--launcher local``) or per Ray task::
+
+    torchrun --nproc_per_node 8 -m w2s deception --recipe recipes/deception/hh_harmless-mistral-simpo.yaml
+    w2s deception --weak gpt2 --strong gpt2-medium,gpt2-large,gpt2-xl --task hh-harmless --launcher local
 """
 
 from __future__ import annotations
