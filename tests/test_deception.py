@@ -331,6 +331,14 @@ def test_sweep_bootstrapping_and_confidence_filter(tmp_path, cache_dir):
     roles = {r["role"] for r in read_jsonl(run_dir / "predictions.jsonl")}
     assert roles == {"weak_ceiling", "strong_ceiling", "intermediate", "w2s_none",
                      "w2s_explicit"}
+    # the labels every supervisor gave on half B, with what the confidence filter kept
+    pair = metrics["experiments"][0]["pair"]
+    given = [r for r in read_jsonl(run_dir / "weak_labels.jsonl") if r["pair"] == pair]
+    for c in chain:
+        mine = [r for r in given if (r["labeller"], r["learner"]) == (c["from"], c["for"])]
+        assert len(mine) == c["n_half"] and sum(r["kept"] for r in mine) == c["n_kept"]
+        assert sum(r["correct"] for r in mine) / len(mine) == pytest.approx(c["label_acc"])
+        assert all(r["kept"] == (max(r["prob"], 1 - r["prob"]) >= 0.5) for r in mine)
     log = read_jsonl(run_dir / "log.jsonl")
     assert any(r.get("note", "").startswith("skipped tiny:llama-1x32") for r in log)
     assert any("'none' added" in r.get("note", "") for r in log)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,11 @@ def test_pipeline_metrics_and_eval_pgr(tmp_path, cache_dir, capsys):
     # the tinyworld models were pretrained through the loop and logged
     assert [r["model"] for r in read_log(run_dir) if r.get("stage") == "pretrain"] == [
         "tiny:llama-1x32", "tiny:llama-2x32"]
+    # the command ends by printing its figures and where the run is
+    out = capsys.readouterr().out
+    assert "w2s generalize: ok" in out and f"run: {run_dir}" in out
+    assert f"{metrics['weak_acc']:.4g}" in out
     # `w2s eval pgr RUN_DIR` recomputes the same figures from predictions.jsonl
-    capsys.readouterr()
     assert cli(["eval", "pgr", str(run_dir), "--n-boot", "200", "--json"]) == 0
     (recomputed,) = json.loads(capsys.readouterr().out).values()
     assert recomputed["pgr"] == metrics["pgr"]
@@ -152,6 +156,24 @@ def test_chain_records_every_link(tmp_path, cache_dir):
     assert all(0.0 <= link["test_acc"] <= 1.0 for link in links)
     assert metrics["weak_acc"] == links[0]["test_acc"]
     assert metrics["w2s_acc"] == links[-1]["test_acc"]
+    # every model's test predictions, the middle link's too, and the labels each link gave
+    rows = [json.loads(x) for x in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    roles = {r["role"]: [] for r in rows}
+    for r in rows:
+        roles[r["role"]].append(r)
+    assert set(roles) == {"weak", "intermediate_2", "strong_ceiling", "w2s"}
+    middle = roles["intermediate_2"]
+    assert sum(r["correct"] for r in middle) / len(middle) == pytest.approx(links[1]["test_acc"])
+    labels = [json.loads(x) for x in (run_dir / "weak_labels.jsonl").read_text().splitlines()]
+    by_labeller = {}
+    for r in labels:
+        by_labeller.setdefault((r["labeller"], r["learner"]), []).append(r)
+    models = chain.split(",")
+    assert list(by_labeller) == [(models[0], models[1]), (models[1], models[2])]
+    for k, link in enumerate(links[1:]):
+        given = by_labeller[(models[k], models[k + 1])]
+        assert sum(r["correct"] for r in given) / len(given) == pytest.approx(
+            link["label_acc_on_b"])
 
 
 def test_probe_mode_caches_features(tmp_path, cache_dir):
@@ -190,14 +212,15 @@ def _no_hidden_states(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["one-class", "missing-label", "weak-larger", "chain-of-one",
-                                  "probe-no-hidden", "weak-is-strong"])
+                                  "probe-no-hidden", "weak-is-strong", "chain-repeats"])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, cache_dir, capsys,
                                                          monkeypatch):
     run_dir = tmp_path / "run"
     args = [*TINY, "--task", "toy-sentiment", "--run-dir", str(run_dir)]
     expect = {"one-class": "one class", "missing-label": "label", "weak-larger": "larger",
               "chain-of-one": "at least two", "probe-no-hidden": "no hidden states",
-              "weak-is-strong": "both tiny:llama-1x32"}[case]
+              "weak-is-strong": "both tiny:llama-1x32",
+              "chain-repeats": "more than once"}[case]
     if case == "one-class":
         args += ["--task", _local(tmp_path, [{"id": str(i), "text": f"t {i}", "label": 0}
                                              for i in range(30)])]
@@ -209,13 +232,19 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, cache_d
         args += ["--weak", "tiny:llama-2x64", "--strong", "tiny:llama-1x32"]
     elif case == "chain-of-one":
         args += ["--chain", "tiny:llama-1x32"]
+    elif case == "chain-repeats":
+        args += ["--chain", "tiny:llama-1x32,tiny:llama-1x32,tiny:llama-2x64"]
     elif case == "weak-is-strong":
         args += ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-1x32"]
     else:
         _no_hidden_states(monkeypatch)
         args += ["--mode", "probe"]
     command = "w2s-generalize" if case == "weak-larger" else "generalize"
-    assert cli([command, *args]) == 2
+    with warnings.catch_warnings(record=True) as caught:  # bad data: the error, no warnings
+        warnings.simplefilter("always")
+        assert cli([command, *args]) == 2
+    if case in ("one-class", "missing-label"):
+        assert [str(w.message) for w in caught if "rows" in str(w.message)] == []
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and expect in err
     assert not run_dir.exists()

@@ -401,3 +401,36 @@ def test_rate_limiter_spaces_requests():
     assert time.monotonic() - start >= 5 / 50 - 1e-3
     with pytest.raises(W2SError):
         RateLimiter(0)
+
+
+def test_a_server_that_does_not_speak_http_is_one_error(tmp_path, capsys):
+    """Something else listening on the port (an SSH banner here): one line, exit 2, no run dir."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        cand, base = gen_files(tmp_path, n=2)
+        code, _, err = run_cli(["eval", "winrate", "--candidate", str(cand), "--baseline",
+                                str(base), "--judge", f"api:http://127.0.0.1:{port}#m",
+                                "--no-cache", "--max-retries", "1", "--run-dir",
+                                str(tmp_path / "r")], capsys)
+    finally:
+        listener.close()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "not an HTTP answer" in err and "after 2 attempts" in err
+    assert not (tmp_path / "r").exists()

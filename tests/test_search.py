@@ -529,3 +529,19 @@ def test_a_judge_that_fails_after_decoding_keeps_the_answers(tmp_path, capsys):
     assert not (run_dir / "metrics.json").exists()
     for name in ("sample", "cbs"):
         assert len(read_jsonl(run_dir / f"generations-{name}.jsonl")) == 4
+
+
+def test_eft_counts_each_calls_guide_tokens_once():
+    """EFT's guides score every sampled token: over several calls (prompt batches sharing one
+    Compute) the guide count is exactly twice the base count, not a running sum of sums."""
+    from w2s.search.decoders import Compute, eft
+
+    base_model, tok = tiny("llama-1x32", seed=0)
+    guide = Guide(tiny("llama-1x32", seed=1)[0], tiny("llama-1x32", seed=2)[0], tok, chat=False)
+    compute = Compute()
+    for batch in (PROMPTS[:2], PROMPTS[2:]):
+        eft(base_model, tok, guide, batch, beta=1.0, max_new_tokens=6,
+            sampling=Sampling(1.0, 0, 1.0), generator=torch.Generator().manual_seed(0),
+            chat=False, compute=compute)
+    assert compute.base_tokens > 6
+    assert compute.guide_tokens_scored == 2 * compute.base_tokens

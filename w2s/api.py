@@ -17,6 +17,7 @@ Standard library only (urllib).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -142,8 +143,12 @@ class ApiClient:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.strip().isdigit():
                     delay = float(retry_after)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets,
+                # and a server that does not speak HTTP (BadStatusLine, IncompleteRead)
                 reason = getattr(e, "reason", e)
+                if isinstance(e, http.client.HTTPException):
+                    reason = f"not an HTTP answer ({type(e).__name__}: {one_line(str(e))})"
+                    reason = reason.replace(" ()", "")
                 kind = (f"timed out after {self.timeout:g}s" if isinstance(reason, TimeoutError)
                         else one_line(reason))
                 last = f"no answer: {kind}"

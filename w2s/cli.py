@@ -81,13 +81,40 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
             if value is not None:
                 overrides[leaf.key] = value
         cfg = build_config(config_cls, recipe, overrides)
-        run(cfg)
+        result = run(cfg)
+        if isinstance(result, dict) and "status" in result:  # a finished run (not a dry-run plan)
+            _print_finished(name, result)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__name__ = name.replace("-", "_")
     command.__doc__ = help
     target.command(name, help=help)(command)
     return command
+
+
+def _print_finished(name: str, metrics: dict) -> None:
+    """After a method command: its scalar figures (headline first) and where the run is."""
+    from w2s.runs import HEADLINE_KEYS, is_main_process, last_finished_run
+
+    if not is_main_process():
+        return
+    def reason(key: str) -> str | None:  # pgr_reason, deception_reason
+        return metrics.get(f"{key}_reason") or metrics.get(f"{key.split('_')[0]}_reason")
+
+    first = [k for k in HEADLINE_KEYS if metrics.get(k) is not None or reason(k)]
+    rest = [k for k, v in metrics.items() if k not in HEADLINE_KEYS and k != "status"
+            and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    table = Table(title=f"w2s {name}: {metrics.get('status')}", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key in first + rest:
+        value = metrics[key]
+        table.add_row(key, _cell(value) if value is not None
+                      else f"undefined: {reason(key)}")
+    console.print(table)
+    path = last_finished_run()
+    if path is not None:
+        console.print(f"run: {escape(str(path))}  (metrics.json; `w2s report {escape(str(path))}`)")
 
 
 def _show(value: Any) -> str:

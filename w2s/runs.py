@@ -345,7 +345,18 @@ class Run:
         if self.main:
             write_json(self.path / "metrics.json", full)
         self.finished = True
+        global _LAST_FINISHED
+        _LAST_FINISHED = self.path
         return full
+
+
+_LAST_FINISHED: Path | None = None
+
+
+def last_finished_run() -> Path | None:
+    """The directory of the run this process finished last (what the CLI points the user at
+    after a method returns); None before any."""
+    return _LAST_FINISHED
 
 
 def find_runs(root: str | os.PathLike = "runs") -> list[Path]:

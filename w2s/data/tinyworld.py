@@ -162,8 +162,7 @@ def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
                              checkpoint_every=100, mixed_precision=precision)
         progress = cache.root / "inprogress" / key
         result = train(model, examples, loss_fn=loss_fn, collate=collate, config=config,
-                       checkpoint_dir=progress, description=f"pretrain {spec} on tinyworld",
-                       progress=False)
+                       checkpoint_dir=progress, description=f"pretrain {spec} on tinyworld")
         if log is not None:
             log({"stage": "pretrain", "model": name, "steps": result.steps,
                  "final_loss": result.final_loss, "elapsed_s": result.elapsed_s})

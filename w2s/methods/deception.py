@@ -168,6 +168,7 @@ def run(cfg: DeceptionConfig) -> dict:
         results = [exp.run_chain(chain, seed, data[seed])
                    for seed in plan["seeds"] for chain in plan["chains"]]
         run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
+        run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
         return run.finish(summarize(results, plan, run))
 
 

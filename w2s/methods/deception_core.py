@@ -198,14 +198,25 @@ class Experiment:
                                             predict_b=True),
                 ROLE_STRONG_CEILING: self.fit(strong, "strong ceiling", truth_a, seed, data)}
         supervisor, probs, labels = weak, fits[ROLE_WEAK_CEILING]["b"], []
+        label_rows = []  # every label a supervisor gave on half B (weak_labels.jsonl)
+
+        def record(learner: str) -> None:
+            threshold = cfg.conf_threshold
+            label_rows.extend({"id": r["id"], "pair": pair, "labeller": supervisor,
+                               "learner": learner, "prob": s, "correct": s >= 0.5,
+                               "kept": threshold is None or max(s, 1.0 - s) >= threshold}
+                              for r, s in zip(data["b"], probs, strict=True))
+
         for name in via:
             rows, stats = oriented(data["b"], probs, cfg.conf_threshold)
             labels.append({"from": supervisor, "for": name, **stats})
+            record(name)
             fits["intermediate"] = self.fit(name, "intermediate", rows, seed, data,
                                             predict_b=True)
             supervisor, probs = name, fits["intermediate"]["b"]
         weak_labeled, stats = oriented(data["b"], probs, cfg.conf_threshold)
         labels.append({"from": supervisor, "for": strong, **stats})
+        record(strong)
         helpful = ground_truth(data["helpful"])
         for setting in ["none", *settings]:
             rows = [dict(r, explicit=1.0 if setting == "explicit" else 0.0)
@@ -237,7 +248,7 @@ class Experiment:
                              for role, res in fits.items()},
                   "trained_models": self.trained - trained_before,
                   "small_test_warning": data["small_test"][0] if data["small_test"] else None,
-                  "correct": columns, "rows": out_rows}
+                  "correct": columns, "rows": out_rows, "label_rows": label_rows}
         self.log({"stage": "deception", "pair": pair,
                   **{f"score_{s}": scores[s]["score"] for s in settings},
                   "accuracy": result["accuracy"]})
@@ -359,7 +370,7 @@ class Experiment:
                 result = train_sft(model, tok, [{"prompt": r["prompt"], "response": r["chosen"]}
                                                 for r in rows], sft, max_len=cfg.max_ctx,
                                    eos=cfg.eos, truncation="left", checkpoint_dir=progress / "sft",
-                                   accelerator=self.accelerator, progress=False, log=log,
+                                   accelerator=self.accelerator, log=log,
                                    description=f"sft {what} {name}", **fmt)
                 record["sft"] = _brief(result)
                 if cfg.mode == "lora":  # the SFT model becomes the base (and DPO's reference)
@@ -393,7 +404,7 @@ class Experiment:
         result = train(model, examples, loss_fn=loss_fn,
                        collate=lambda items: collate_pairs(items, pad), config=tcfg,
                        checkpoint_dir=progress / "train", accelerator=self.accelerator,
-                       description=f"{what} {name}", progress=False, log=log)
+                       description=f"{what} {name}", log=log)
         record["train"] = _brief(result)
         preds = {k: self._predict(model, pad, items, refs.get(k)) for k, items in evals.items()}
         return {**preds, "train": record, "lr": tcfg.lr}
@@ -431,7 +442,7 @@ class Experiment:
 
         result = train(head, train_rows, loss_fn=loss_fn, collate=collate, config=tcfg,
                        checkpoint_dir=progress / "train", accelerator=self.accelerator,
-                       description=f"{what} {name} (probe)", progress=False, log=log)
+                       description=f"{what} {name} (probe)", log=log)
         preds = {}
         with torch.no_grad():
             for k, group in evals.items():

@@ -130,6 +130,7 @@ def run(cfg: GeneralizeConfig) -> dict:
         for note in plan["notes"]:
             run.log({"event": "note", "note": note})
         run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
+        run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
         metrics = summarize(results, cfg, run)
         return run.finish(metrics)
 
@@ -188,6 +189,10 @@ def plan_experiments(cfg: GeneralizeConfig) -> dict:
         if len(chain) < 2:
             raise W2SError(f"--chain needs at least two models (weak,...,strong), got "
                            f"{cfg.chain!r}; for one pair use --weak and --strong")
+        repeated = sorted({m for m in chain if chain.count(m) > 1})
+        if repeated:
+            raise W2SError(f"--chain names {', '.join(repeated)} more than once; each link must "
+                           "be a larger model than the one before it")
         sizes = [size(m) for m in chain]
         for (a, sa), (b, sb) in zip(zip(chain, sizes, strict=True),
                                     zip(chain[1:], sizes[1:], strict=True), strict=False):

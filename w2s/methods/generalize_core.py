@@ -62,12 +62,28 @@ class Experiment:
                    if cfg.task == "tinyworld" else {})
         if cfg.task == "tinyworld":
             import w2s.data.tinyworld  # noqa: F401  (registers the task)
-        train = load_task(cfg.task, split="train", n=cfg.n_train, seed=seed, **options)
+        # warnings about the data (too few rows, a small test set) are held back until the data
+        # passes the checks below, so bad data is one error line, not warnings then an error
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always")
+            train = load_task(cfg.task, split="train", n=cfg.n_train, seed=seed, **options)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             test = load_task(cfg.task, split="test", n=cfg.n_test, seed=0, **options)
-        for w in caught:
+        self._check_labels(train, test)
+        for w in [*held, *caught]:
             warnings.warn(str(w.message), w.category, stacklevel=2)
+        a, b = halves(train.rows, seed=seed, group="text")  # a text never in both halves
+        if len(a) < 2 or len(b) < 2:
+            raise W2SError(f"task '{cfg.task}' has {len(train)} training rows; need at least 4")
+        fingerprints = {"train": train.fingerprint(), "test": test.fingerprint(),
+                        "a": content_hash(a), "b": content_hash(b)}
+        return {"a": a, "b": b, "test": test.rows, "fingerprints": fingerprints,
+                "small_test": [str(w.message) for w in caught]}
+
+    def _check_labels(self, train, test) -> None:
+        """A binary classification task with both classes, or a one-line error."""
+        cfg = self.cfg
         if train.kind != "classification":
             raise W2SError(f"task '{cfg.task}' is a {train.kind} task; generalize needs a binary "
                            "classification task (`w2s tasks`)")
@@ -78,13 +94,6 @@ class Experiment:
         if labels != {0, 1}:
             raise W2SError(f"task '{cfg.task}' has labels {sorted(labels)}; generalize is binary "
                            "(labels 0 and 1)")
-        a, b = halves(train.rows, seed=seed, group="text")  # a text never in both halves
-        if len(a) < 2 or len(b) < 2:
-            raise W2SError(f"task '{cfg.task}' has {len(train)} training rows; need at least 4")
-        fingerprints = {"train": train.fingerprint(), "test": test.fingerprint(),
-                        "a": content_hash(a), "b": content_hash(b)}
-        return {"a": a, "b": b, "test": test.rows, "fingerprints": fingerprints,
-                "small_test": [str(w.message) for w in caught]}
 
     # ---- one chain ---------------------------------------------------------------------------
     def run_chain(self, models: list[str], seed: int, data: dict) -> dict:
@@ -103,17 +112,25 @@ class Experiment:
         links.append({"model": models[0], "trained_on": "A, ground truth", **_summary(weak)})
         labels = weak["b"]
         last = weak
+        fits = [weak]  # every link of the chain, weak first, the W2S model last
+        label_rows = []  # the soft labels each link gave the next one on half B
         for k, name in enumerate(models[1:], start=1):
             role = "strong" if k == len(models) - 1 else "weak"
             soft = [[1.0 - p, p] for p in labels]
+            label_rows += [{"id": r["id"], "pair": pair, "labeller": models[k - 1],
+                            "learner": name, "label": r["label"], "prob": p,
+                            "correct": (p > 0.5) == bool(r["label"])}
+                           for r, p in zip(data["b"], labels, strict=True)]
             last = self.fit(name, role, data["b"], soft, cfg.loss, seed, data)
+            fits.append(last)
             links.append({"model": name, "trained_on": f"B, labels of {models[k - 1]}",
                           "label_acc_on_b": _acc(labels, data["b"]), **_summary(last)})
             labels = last["b"]
         ceiling = self.fit(models[-1], "strong", data["b"], truth_b, "xent", seed, data)
 
         rows = []
-        for role, res in ((ROLE_WEAK, weak), (ROLE_CEILING, ceiling), (ROLE_W2S, last)):
+        middle = [(f"intermediate_{k}", res) for k, res in enumerate(fits[1:-1], start=2)]
+        for role, res in ((ROLE_WEAK, weak), *middle, (ROLE_CEILING, ceiling), (ROLE_W2S, last)):
             for r, p in zip(data["test"], res["test"], strict=True):
                 rows.append({"id": r["id"], "role": role, "pair": pair, "label": r["label"],
                              "prob": p, "correct": (p > 0.5) == bool(r["label"])})
@@ -131,7 +148,7 @@ class Experiment:
                                              "w2s": _details(last)},
                   "trained_models": self.trained - trained_before,
                   "small_test_warning": data["small_test"][0] if data["small_test"] else None,
-                  "rows": rows}
+                  "rows": rows, "label_rows": label_rows}
         self.log({"stage": "pgr", "pair": pair, **{k: result[k] for k in
                   ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr", "pgr_reason")}})
         return result
@@ -192,7 +209,7 @@ class Experiment:
             progress = self.cache.root / "inprogress" / key
             result = train(model, examples, loss_fn=loss_fn, collate=_collate(tok.pad_token_id),
                            config=tcfg, checkpoint_dir=progress, accelerator=self.accelerator,
-                           description="generative fine-tuning", progress=False,
+                           description="generative fine-tuning",
                            log=lambda rec: self.log({"stage": "gen_finetune", **rec}))
             self.log({"stage": "gen_finetune", "model": src, "steps": result.steps})
             with self.cache.put_once(key, meta={"model": src}) as tmp:
@@ -261,7 +278,7 @@ class Experiment:
 
             result = train(model, examples, loss_fn=loss_fn, collate=_collate(tok.pad_token_id),
                            config=tcfg, checkpoint_dir=progress, accelerator=self.accelerator,
-                           description=f"{role} {name} ({loss})", progress=False,
+                           description=f"{role} {name} ({loss})",
                            log=lambda rec: self.log({"stage": f"train {role}", "model": name, **rec}))
             self.trained += 1
             out = {"test": self._predict(model, encode, data["test"]),

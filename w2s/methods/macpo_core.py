@@ -538,7 +538,7 @@ class MACPO:
             self.log({"stage": stage, "agent": agent, **rec})
 
         common = dict(max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep, checkpoint_dir=ckpt,
-                      log=log, accelerator=self.accelerator, progress=False,
+                      log=log, accelerator=self.accelerator,
                       description=f"{stage} ({base.name})")
         started = time.perf_counter()
         if kind == "sft":

@@ -160,12 +160,15 @@ def plan_search(cfg: SearchConfig) -> dict:
     chunk = parse_chunk(cfg.l)
     if cfg.bon_n is not None and cfg.bon_n < 1:
         raise W2SError(f"best-of-N needs N >= 1 (--bon-n), got {cfg.bon_n}")
+    if cfg.prompt_batch < 1:
+        raise W2SError(f"--prompt-batch must be at least 1, got {cfg.prompt_batch}")
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.prompt_batch,
                               seed=cfg.seed).validate()
     for key in ("n_prompts", "prefix_words", "score_batch_size", "judge_batch_size"):
         if getattr(cfg, key) < 1:
-            raise W2SError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+            raise W2SError(f"--{key.replace('_', '-')} must be at least 1, got "
+                           f"{getattr(cfg, key)}")
     decoders = list(dict.fromkeys(cfg.decoder))
     if not decoders:
         raise W2SError(f"give at least one --decoder ({', '.join(DECODERS)})")

@@ -542,8 +542,7 @@ class Pipeline:
             progress = self.cache.root / "inprogress" / key
             result = train_dpo(model, tok, plan.train.rows, stage_train_config(cfg.weak_dpo, cfg.seed),
                                beta=cfg.beta, ref_batch_size=cfg.score_batch_size,
-                               checkpoint_dir=progress, accelerator=self.accelerator,
-                               progress=False, description="weak DPO",
+                               checkpoint_dir=progress, accelerator=self.accelerator, description="weak DPO",
                                log=lambda rec: self.log({"stage": "weak DPO", **rec}),
                                **plan.encode_options)
             if self.main:
@@ -680,7 +679,7 @@ class Pipeline:
         result = train(model, examples, loss_fn=wspo_loss_fn(cfg.gamma, cfg.granularity),
                        collate=wspo_collate(plan.pad["strong"], cfg.granularity),
                        config=stage_train_config(cfg.strong_train, cfg.seed),
-                       checkpoint_dir=progress, accelerator=self.accelerator, progress=False,
+                       checkpoint_dir=progress, accelerator=self.accelerator,
                        description="wspo", log=log)
         self.log({"stage": "wspo trained", "steps": result.steps,
                   "resumed_from": result.resumed_from, "final_loss": result.final_loss})

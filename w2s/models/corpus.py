@@ -184,7 +184,7 @@ def _train_stage(cache, key: str, base: str, previous: Path | None, stage: Stage
                          checkpoint_every=100, mixed_precision=precision)
     progress = cache.root / "inprogress" / key
     result = train(model, examples, loss_fn=loss_fn, collate=collate, config=config,
-                   checkpoint_dir=progress, description=f"tiny {base} +{stage}", progress=False)
+                   checkpoint_dir=progress, description=f"tiny {base} +{stage}")
     if log is not None:
         log({"stage": "tiny-pretrain", "model": base, "corpus": str(stage), "steps": result.steps,
              "final_loss": result.final_loss, "elapsed_s": round(result.elapsed_s, 2)})

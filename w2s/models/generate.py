@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from w2s.errors import W2SError
+from w2s.progress import Bar, progress_enabled
 
 BACKENDS = ("hf", "vllm")
 
@@ -109,7 +110,7 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
-                 progress: bool, chat: bool) -> list[str]:
+                 progress: bool | None, chat: bool) -> list[str]:
     import torch
 
     encoded = _encode(tokenizer, texts, chat)
@@ -128,7 +129,7 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
     device = next(model.parameters()).device
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
-    bar = _progress(progress, len(texts))
+    bar = Bar("generate", len(texts), on=progress_enabled(progress))
     try:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
@@ -143,7 +144,7 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
                                      **kwargs)
             for row, i in enumerate(idx):
                 outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
-            bar.advance(len(idx))
+            bar.update(advance=len(idx))
     finally:
         bar.stop()
         torch.random.set_rng_state(generator_state)
@@ -172,30 +173,9 @@ def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingCo
     return [o.outputs[0].text for o in llm.generate(prompts, params)]
 
 
-class _progress:
-    """A rich progress bar over prompts (a no-op when off)."""
-
-    def __init__(self, on: bool, total: int):
-        self.bar = None
-        if on and total:
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.task = self.bar.add_task("generate", total=total)
-            self.bar.start()
-
-    def advance(self, n: int) -> None:
-        if self.bar:
-            self.bar.advance(self.task, n)
-
-    def stop(self) -> None:
-        if self.bar:
-            self.bar.stop()
-
-
 def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig | None = None,
              *, chat: bool = True, backend: str = "hf", model_name: str | None = None,
-             progress: bool = False) -> list[str]:
+             progress: bool | None = None) -> list[str]:
     """Generate one response per prompt, in the prompts' order.
 
     Args:

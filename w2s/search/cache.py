@@ -7,7 +7,8 @@ tokens is any number of guide tokens), and take back the last few tokens of a ro
 can change how the end of the old text tokenizes: "goo" + "d" -> "good").
 
 :class:`CachedLM` does all three with public transformers APIs only, on any causal LM that
-accepts ``attention_mask``, ``position_ids`` and ``past_key_values``:
+accepts ``attention_mask``, ``position_ids`` and a KV cache argument (``cache`` in transformers
+>= 5.24, ``past_key_values`` before; :func:`cache_kwarg` picks the one the model takes):
 
 - **Holes instead of cropping.** Each call appends one right-padded block of columns to the cache.
   The attention mask (one row per sequence, one column per cache column) says which columns hold a
@@ -28,6 +29,19 @@ accepts ``attention_mask``, ``position_ids`` and ``past_key_values``:
 from __future__ import annotations
 
 import torch
+
+
+def cache_kwarg(model) -> str:
+    """The name under which ``model.forward`` takes (and its output returns) the KV cache:
+    ``cache`` in newer transformers (``past_key_values`` is deprecated there), else
+    ``past_key_values``."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def reorder_cache(cache, index: torch.Tensor):
@@ -66,6 +80,7 @@ class CachedLM:
         self.pad_id = int(pad_id)
         self.device = next(model.parameters()).device
         self.cache = None
+        self._cache_kwarg = cache_kwarg(model)
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.tokens: list[list[int]] = []   # every token of every row
         self.n_cached: list[int] = []       # how many of them are in the cache
@@ -140,8 +155,8 @@ class CachedLM:
                            dtype=torch.long, device=self.device)
         mask = torch.cat([self.mask, new], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions,
-                      past_key_values=self.cache, use_cache=True)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                  self._cache_kwarg: self.cache, "use_cache": True}
         with torch.no_grad():
             if logits:
                 out = self.model(**kwargs)
@@ -150,7 +165,7 @@ class CachedLM:
                     out = self.model(**kwargs, logits_to_keep=1)
                 except TypeError:  # a model without logits_to_keep
                     out = self.model(**kwargs)
-        self.cache = out.past_key_values
+        self.cache = getattr(out, self._cache_kwarg)
         self.mask = mask
         self.n_cached = [n + f for n, f in zip(self.n_cached, fed, strict=True)]
         self.tokens_read += sum(fed)

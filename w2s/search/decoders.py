@@ -256,6 +256,7 @@ def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: f
             lms[name].start([encode_prompt(guide.tokenizer, p, chat) for p in prompts])
     response: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
+    sampled = 0  # base tokens of this call (compute's counters run over every call)
     for _ in range(max_new_tokens):
         if all(finished):
             break
@@ -271,13 +272,14 @@ def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: f
             if finished[r]:
                 continue
             compute.base_tokens += 1
+            sampled += 1
             if tok in stop:
                 finished[r] = True
                 continue
             response[r].append(tok)
             for lm in lms.values():
                 lm.push(r, [tok])
-    compute.guide_tokens_scored += 2 * compute.base_tokens
+    compute.guide_tokens_scored += 2 * sampled  # each guide scored every sampled token
     compute.guide_tokens_read += lms["tuned"].tokens_read + lms["untuned"].tokens_read
     compute.rounds += 1
     results = [{"response": base_tokenizer.decode(ids, skip_special_tokens=True),

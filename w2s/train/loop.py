@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from w2s.errors import W2SError, did_you_mean
+from w2s.progress import Bar, progress_enabled
 from w2s.runs import atomic_write_text, content_hash, write_json
 
 __all__ = ["TrainConfig", "TrainResult", "train", "lr_lambda", "make_accelerator",
@@ -521,7 +522,7 @@ def _split_output(out: Any, b: int) -> tuple[torch.Tensor, dict[str, torch.Tenso
 
 def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, collate: Callable,
           config: TrainConfig, checkpoint_dir: str | Path | None = None,
-          log: Callable[[dict], None] | None = None, progress: bool = True,
+          log: Callable[[dict], None] | None = None, progress: bool | None = None,
           description: str = "train", accelerator=None) -> TrainResult:
     """Train the parameters of ``model`` that require grad, in place; see the module docstring.
 
@@ -601,7 +602,8 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
         hparams = {k: "none" if v is None else v for k, v in dataclasses.asdict(config).items()}
         accelerator.init_trackers(description.replace(" ", "-"), config=hparams)
 
-    bar = _Bar(description, plan.total_steps, state["step"]) if progress and main else None
+    bar = Bar(description, plan.total_steps, state["step"], on=main and progress_enabled(progress),
+              fields=("loss", "lr"))
     was_training = model.training
     model.train()
     orders: dict[int, list[int]] = {}
@@ -657,8 +659,7 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
                         "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
                 accelerator.wait_for_everyone()
 
-            if bar is not None:
-                bar.update(state["step"], step_loss, lr)
+            bar.update(state["step"], loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             if done or state["step"] % config.log_every == 0:
                 record = {"step": state["step"], "epoch": state["examples_seen"] / plan.n,
                           "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
@@ -670,8 +671,7 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
                 if main and log is not None:
                     log(record)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
         model.train(was_training)
         if config.gradient_checkpointing:
             _checkpointing(model, on=False)
@@ -688,31 +688,3 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     from accelerate.utils import send_to_device
 
     return send_to_device(batch, device)
-
-
-class _Bar:
-    """A rich progress bar: step/total, loss, lr, elapsed and remaining time."""
-
-    def __init__(self, description: str, total: int, completed: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}"),
-            TimeElapsedColumn(), TimeRemainingColumn())
-        self.task = self.progress.add_task(description, total=total, completed=completed,
-                                           loss="-", lr="-")
-        self.progress.start()
-
-    def update(self, step: int, loss: float, lr: float) -> None:
-        self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-
-    def stop(self) -> None:
-        self.progress.stop()

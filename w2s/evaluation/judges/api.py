@@ -149,6 +149,6 @@ class ApiJudge(PairwiseJudge):
                         results[futures[f]] = f.result()
         except W2SError as e:
             kept = (f"; {len(self.cache)} judgments kept in {self.cache.path}, rerun to continue"
-                    if self.cache is not None else "")
+                    if self.cache is not None and len(self.cache) else "")
             raise W2SError(f"{e}{kept}") from None
         return results  # type: ignore[return-value]
