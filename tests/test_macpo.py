@@ -409,3 +409,18 @@ def test_recipes_parse_and_validate(recipe):
     assert len(plan["weak"]) >= 2 and cfg.iterations >= 2
     text = (RECIPES / recipe).read_text()
     assert "/home/" not in text and "/Users/" not in text  # no machine paths
+
+
+def test_the_papers_command_resolves_as_written():
+    """`w2s macpo --weak llama-2-7b,mistral-7b,llama-3-8b --strong llama-2-70b --task hh-helpful
+    --iterations 3`: every name is a registry alias with its hub id (no weights are loaded)."""
+    from w2s.models import resolve_model
+
+    cfg = build_config(MACPOConfig, None, {"weak": "llama-2-7b,mistral-7b,llama-3-8b",
+                                           "strong": "llama-2-70b", "task": "hh-helpful",
+                                           "iterations": "3"})
+    plan = check_config(cfg)
+    assert plan["weak"] == ["llama-2-7b", "mistral-7b", "llama-3-8b"]
+    assert resolve_model("llama-2-7b").location == "meta-llama/Llama-2-7b-hf"
+    assert resolve_model("llama-2-70b").location == "meta-llama/Llama-2-70b-hf"
+    assert resolve_model("llama-2-70b").size_b > 10 * resolve_model("llama-2-7b").size_b

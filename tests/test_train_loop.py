@@ -337,6 +337,21 @@ def test_accelerator_that_would_train_differently_is_refused(monkeypatch):
     _check_accelerator(ddp, cfg())
 
 
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharded_launch_is_refused_before_any_work(var, monkeypatch, tmp_path, capsys):
+    """`accelerate launch --config_file recipes/accelerate/fsdp.yaml -m w2s ...` sets these:
+    the method command stops at once with the fix, and no run directory is made."""
+    from w2s.cli import main
+
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(SystemExit) as exc:
+        main(["generalize", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32",
+              "--task", "toy-sentiment", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "ddp.yaml" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_shipped_accelerate_configs_parse():
     """Every config under recipes/accelerate is one accelerate's own config class reads."""
     from pathlib import Path

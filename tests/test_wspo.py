@@ -323,6 +323,8 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, cache_dir, monkeyp
 @pytest.mark.parametrize("changes, needle", [
     ({"gamma": "0"}, "gamma must be > 0"),
     ({"gamma": "-0.5"}, "gamma must be > 0"),
+    ({"gamma": "inf"}, "gamma must be > 0 and finite"),
+    ({"gamma": "nan"}, "gamma must be > 0 and finite"),
     ({"granularity": "word"}, "granularity' must be one of ['token', 'sequence']"),
     ({"task": "toy-sentiment"}, "wspo needs a preference task"),
     ({"weak_aligned": "tiny:llama-1x32"}, "is the weak model itself"),

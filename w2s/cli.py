@@ -81,6 +81,9 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
             if value is not None:
                 overrides[leaf.key] = value
         cfg = build_config(config_cls, recipe, overrides)
+        from w2s.train.loop import refuse_sharded_launch
+
+        refuse_sharded_launch()  # FSDP / DeepSpeed configs: refused before any work
         result = run(cfg)
         if isinstance(result, dict) and "status" in result:  # a finished run (not a dry-run plan)
             _print_finished(name, result)
@@ -351,6 +354,9 @@ def runs_cmd(
     """Every run under ROOT with its status and headline figures (PGR, win rate, deception)."""
     from w2s.runs import find_runs, run_summary
 
+    if not root.is_dir() and root != Path("runs"):  # the default may not exist yet: no runs
+        raise W2SError(f"{root} is not a folder; give the folder that holds run directories "
+                       "(default runs/)")
     rows = [run_summary(p) for p in find_runs(root)]
     if as_json:
         console.print_json(json.dumps(rows))

@@ -48,6 +48,8 @@ Several GPUs (the global batch stays the recipe's whatever the GPU count)::
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,16 +173,16 @@ def run(cfg: WSPOConfig) -> dict:
 
 def validate(cfg: WSPOConfig) -> None:
     """One-line :class:`W2SError` for every setting that cannot work (no model or data touched)."""
-    if not cfg.gamma > 0:
-        raise W2SError(f"gamma must be > 0 (the strong log-ratio is driven to 1/gamma times the "
+    if not 0 < cfg.gamma < math.inf:
+        raise W2SError(f"gamma must be > 0 and finite (the strong log-ratio is driven to 1/gamma times the "
                        f"weak one), got {cfg.gamma}")
     if cfg.granularity not in GRANULARITIES:
         raise W2SError(f"granularity must be one of {list(GRANULARITIES)}, got "
                        f"{cfg.granularity!r}")
     if cfg.mode not in MODES:
         raise W2SError(f"mode must be one of {list(MODES)}, got {cfg.mode!r}")
-    if not cfg.beta > 0:
-        raise W2SError(f"beta (weak DPO) must be > 0, got {cfg.beta}")
+    if not 0 < cfg.beta < math.inf:
+        raise W2SError(f"beta (weak DPO) must be > 0 and finite, got {cfg.beta}")
     if cfg.n_train is not None and cfg.n_train < 1:
         raise W2SError(f"n_train must be at least 1 (or none for all), got {cfg.n_train}")
     for key in ("n_eval", "samples_per_prompt", "lora_r", "lora_alpha", "gen_batch_size", "score_batch_size"):

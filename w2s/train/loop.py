@@ -249,6 +249,21 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def _sharded_message(kind: str) -> str:
+    return (f"the w2s training loop does not run under {kind} yet (its checkpoints and the "
+            "scoring after training assume full parameters on every rank); use "
+            "recipes/accelerate/ddp.yaml, with --mode lora for large models")
+
+
+def refuse_sharded_launch() -> None:
+    """At start-up, before any data or model is touched: a one-line error when ``accelerate
+    launch`` was given an FSDP or DeepSpeed config (it says so in the environment), which the
+    loop refuses anyway once training starts."""
+    for var, kind in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes"}:
+            raise W2SError(_sharded_message(kind))
+
+
 def _check_accelerator(accelerator, config: TrainConfig) -> None:
     """Refuse setups that would silently train differently from what the config says."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -259,9 +274,7 @@ def _check_accelerator(accelerator, config: TrainConfig) -> None:
                        "machines without a GPU)")
     kind = str(getattr(accelerator, "distributed_type", "")).rsplit(".", 1)[-1]
     if kind in ("FSDP", "DEEPSPEED"):
-        raise W2SError(f"the w2s training loop does not run under {kind} yet (its checkpoints and "
-                       "the scoring after training assume full parameters on every rank); use "
-                       "recipes/accelerate/ddp.yaml, with --mode lora for large models")
+        raise W2SError(_sharded_message(kind))
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError("pass an Accelerator without gradient_accumulation_steps: train() "
                          "accumulates itself (set TrainConfig.micro_batch_size)")
