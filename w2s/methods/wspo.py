@@ -49,7 +49,6 @@ Several GPUs (the global batch stays the recipe's whatever the GPU count)::
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 
