@@ -122,3 +122,25 @@ def test_gold_reward_of_every_method_is_read(tmp_path):
     assert (wspo["gold"], wspo["baseline_gold"]) == (0.24, 0.16)
     assert (macpo["gold"], macpo["baseline_gold"]) == (0.4, 0.1)
     assert (search["gold"], search["baseline_gold"]) == (0.66, 0.16)
+
+
+def test_a_search_run_plots_one_bar_per_decoder(tmp_path):
+    """CBS, best-of-N and EFT side by side against sampling: a search run gives one win-rate
+    bar per decoder that has one, and one gold-reward bar per decoder, sampling included."""
+    from w2s.evaluation.report import _per_decoder
+
+    decoders = {"sample": {"gold_reward_mean": 0.16, "win_rate_vs_sample": None,
+                           "win_rate_se": None},
+                "cbs": {"gold_reward_mean": 0.66, "win_rate_vs_sample": 78.9, "win_rate_se": 5.0},
+                "bon": {"gold_reward_mean": 0.54, "win_rate_vs_sample": 72.7, "win_rate_se": 5.5}}
+    run = load_run(make_run(tmp_path / "runs", "s", {"win_rate": 78.9, "decoders": decoders}))
+    bars = _per_decoder(run)
+    assert [b["name"] for b in bars] == ["s:sample", "s:cbs", "s:bon"]
+    assert [b["gold"] for b in bars] == [0.16, 0.66, 0.54]
+    assert [b["win_rate"] for b in bars] == [None, 78.9, 72.7]
+    assert _per_decoder(load_run(make_run(tmp_path / "runs", "w", {"win_rate": 56.0},
+                                          method="wspo")))[0]["name"] == "w"
+    pytest.importorskip("matplotlib")
+    result = write_report([run["run"]], tmp_path / "out" / "report.md")
+    assert {p.name for p in map(__import__("pathlib").Path, result["plots"])} >= {
+        "win_rate.png", "gold_reward.png"}

@@ -545,3 +545,22 @@ def test_eft_counts_each_calls_guide_tokens_once():
             chat=False, compute=compute)
     assert compute.base_tokens > 6
     assert compute.guide_tokens_scored == 2 * compute.base_tokens
+
+
+def test_shards_split_the_prompts_without_overlap():
+    """--shard I/N: the N shards of one prompt sample are disjoint and together the whole."""
+    from w2s.methods.search import load_prompts, parse_shard
+
+    cfg = build_config(SearchConfig, RECIPES / "tiny.yaml", {"n_prompts": "10"})
+    whole, _, _ = load_prompts(cfg)
+    shards = [load_prompts(build_config(SearchConfig, RECIPES / "tiny.yaml",
+                                        {"n_prompts": "10", "shard": f"{i}/3"}))
+              for i in range(3)]
+    ids = [[r["id"] for r in rows] for rows, _, _ in shards]
+    assert sorted(sum(ids, [])) == sorted(r["id"] for r in whole)
+    assert len({i for part in ids for i in part}) == len(whole)
+    assert len({fp for _, fp, _ in shards}) == 3       # each shard is its own data identity
+    assert parse_shard("7/8") == (7, 8)
+    for bad in ("8/8", "-1/4", "1", "a/b", "0/0"):
+        with pytest.raises(W2SError, match="--shard takes I/N"):
+            parse_shard(bad)

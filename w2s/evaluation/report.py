@@ -96,6 +96,12 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
 
     gold = first_number(GOLD_KEYS)
     iterations = metrics.get("iterations")
+    decoders = metrics.get("decoders")  # w2s search: every decoder of the run side by side
+    decoders = ({str(name): {"win_rate": _number(d.get("win_rate_vs_sample")),
+                             "win_rate_se": _number(d.get("win_rate_se")),
+                             "gold": _number(d.get("gold_reward_mean"))}
+                 for name, d in decoders.items() if isinstance(d, dict)}
+                if isinstance(decoders, dict) else {})
     return {"run": str(path), "name": path.name, "method": metrics.get("method"),
             "status": metrics.get("status", "ok"),
             **{k: _number(metrics.get(k)) for k in HEADLINE_KEYS},
@@ -103,7 +109,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
             "pairs": _pairs(path, metrics), "gold": gold,
             "baseline_gold": first_number(BASELINE_GOLD_KEYS),
             "iterations": [it for it in iterations if isinstance(it, dict)]
-            if isinstance(iterations, list) else []}
+            if isinstance(iterations, list) else [], "decoders": decoders}
 
 
 def win_rate_cell(run: dict) -> str:
@@ -142,6 +148,16 @@ def markdown_table(rows: list[dict[str, str]], columns=COLUMNS) -> str:
 
 def _label(run: dict) -> str:
     return f"{run['method'] or '?'}\n{run['name'][:24]}"
+
+
+def _per_decoder(run: dict) -> list[dict]:
+    """The bars a run contributes to the win-rate and gold-reward plots: one per decoder for
+    a search run (the baseline ``sample`` has gold reward only), else the run itself."""
+    if not run.get("decoders"):
+        return [run]
+    return [{**run, "name": f"{run['name'][:16]}:{name}", "win_rate": d["win_rate"],
+             "win_rate_se": d["win_rate_se"], "gold": d["gold"], "baseline_gold": None}
+            for name, d in run["decoders"].items()]
 
 
 def make_plots(runs: list[dict], out_dir: Path) -> tuple[list[Path], str | None]:
@@ -186,7 +202,8 @@ def make_plots(runs: list[dict], out_dir: Path) -> tuple[list[Path], str | None]
         ax.set_title("performance gap recovered")
         save(fig, "pgr.png")
 
-    wr = [r for r in runs if r["win_rate"] is not None]
+    # a search run is one bar per decoder (CBS, best-of-N, EFT against sampling), other runs one
+    wr = [bar for r in runs for bar in _per_decoder(r) if bar["win_rate"] is not None]
     if wr:
         fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(wr) + 2), 4))
         ax.bar(range(len(wr)), [r["win_rate"] for r in wr],
@@ -198,7 +215,7 @@ def make_plots(runs: list[dict], out_dir: Path) -> tuple[list[Path], str | None]
         ax.set_title("win rate")
         save(fig, "win_rate.png")
 
-    gold = [r for r in runs if r["gold"] is not None]
+    gold = [bar for r in runs for bar in _per_decoder(r) if bar["gold"] is not None]
     if gold:
         fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(gold) + 2), 4))
         xs = list(range(len(gold)))

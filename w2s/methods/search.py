@@ -62,6 +62,9 @@ class SearchConfig:
                        "classification / preference task (its texts' opening words, its prompts)")
     split: str = option("test", "split the prompts come from")
     n_prompts: int = option(200, "prompts decoded (a seeded sample of the split)")
+    shard: str = option("", "decode only shard I of N of the prompts, as I/N (0-based, e.g. "
+                        "0/8): one run per GPU, then `w2s eval winrate` over the joined "
+                        "generation files; empty = all prompts")
     prefix_words: int = option(8, "classification tasks: words of each text used as the prompt")
     decoder: list[str] = option(["cbs", "bon", "sample"], "decoders run side by side on the same "
                                 "prompts; sample always runs (the win-rate baseline)",
@@ -234,10 +237,30 @@ def load_prompts(cfg: SearchConfig) -> tuple[list[dict], str, list[str]]:
     if not data.rows:
         raise W2SError(f"task '{cfg.task}' split '{cfg.split}' gives no prompts; pick another "
                        "split or task (`w2s tasks`)")
+    rows, fingerprint = data.rows, data.fingerprint()
+    if cfg.shard:
+        index, count = parse_shard(cfg.shard)
+        rows = rows[index::count]
+        if not rows:
+            raise W2SError(f"shard {cfg.shard} of {len(data.rows)} prompts is empty; use fewer "
+                           "shards")
+        fingerprint = f"{fingerprint}-shard{index}of{count}"
     notes = [str(w.message) for w in caught]
     for message in notes:
         warnings.warn(message, stacklevel=3)
-    return data.rows, data.fingerprint(), notes
+    return rows, fingerprint, notes
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; anything else is a one-line error."""
+    parts = str(text).split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        index, count = -1, 0
+    if len(parts) != 2 or count < 1 or not 0 <= index < count:
+        raise W2SError(f"--shard takes I/N with 0 <= I < N (e.g. 0/8), got {text!r}")
+    return index, count
 
 
 # --------------------------------------------------------------------------------------------
