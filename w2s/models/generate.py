@@ -129,7 +129,9 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
     device = next(model.parameters()).device
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
-    bar = Bar("generate", len(texts), on=progress_enabled(progress))
+    from w2s.runs import is_main_process
+
+    bar = Bar("generate", len(texts), on=progress_enabled(progress) and is_main_process())
     try:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
