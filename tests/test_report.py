@@ -1,6 +1,7 @@
 """`w2s report`: the markdown table from hand-made run directories, and the plots."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -142,5 +143,4 @@ def test_a_search_run_plots_one_bar_per_decoder(tmp_path):
                                           method="wspo")))[0]["name"] == "w"
     pytest.importorskip("matplotlib")
     result = write_report([run["run"]], tmp_path / "out" / "report.md")
-    assert {p.name for p in map(__import__("pathlib").Path, result["plots"])} >= {
-        "win_rate.png", "gold_reward.png"}
+    assert {Path(p).name for p in result["plots"]} >= {"win_rate.png", "gold_reward.png"}

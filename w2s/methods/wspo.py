@@ -173,8 +173,8 @@ def run(cfg: WSPOConfig) -> dict:
 def validate(cfg: WSPOConfig) -> None:
     """One-line :class:`W2SError` for every setting that cannot work (no model or data touched)."""
     if not 0 < cfg.gamma < math.inf:
-        raise W2SError(f"gamma must be > 0 and finite (the strong log-ratio is driven to 1/gamma times the "
-                       f"weak one), got {cfg.gamma}")
+        raise W2SError(f"gamma must be > 0 and finite (the strong log-ratio is driven to 1/gamma "
+                       f"times the weak one), got {cfg.gamma}")
     if cfg.granularity not in GRANULARITIES:
         raise W2SError(f"granularity must be one of {list(GRANULARITIES)}, got "
                        f"{cfg.granularity!r}")

@@ -542,7 +542,8 @@ class Pipeline:
             progress = self.cache.root / "inprogress" / key
             result = train_dpo(model, tok, plan.train.rows, stage_train_config(cfg.weak_dpo, cfg.seed),
                                beta=cfg.beta, ref_batch_size=cfg.score_batch_size,
-                               checkpoint_dir=progress, accelerator=self.accelerator, description="weak DPO",
+                               checkpoint_dir=progress, accelerator=self.accelerator,
+                               description="weak DPO",
                                log=lambda rec: self.log({"stage": "weak DPO", **rec}),
                                **plan.encode_options)
             if self.main:
