@@ -2,8 +2,9 @@
 
 What a data-parallel launch must guarantee: ONE run record (only rank 0 writes; the others
 compute their own default run-dir names but never create them), ``world_size`` recorded, and,
-for the same global batch, the loss curve of one process within float tolerance. (accelerate
-launch --cpu --num_processes 2 starts a single process on a CPU machine; torchrun starts two.)
+for the same global batch, the loss curve of one process within float tolerance; both under
+DDP and under FSDP2 with recipes/accelerate/fsdp.yaml's settings. (accelerate launch --cpu
+--num_processes 2 starts a single process on a CPU machine; torchrun starts two.)
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args: list[str], cwd: Path, cache: Path, nproc: int) -> None:
+def _run(args: list[str], cwd: Path, cache: Path, nproc: int, fsdp: bool = False) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "W2S_CACHE": str(cache),
            "PYTHONPATH": str(ROOT)}
+    if fsdp:  # what `accelerate launch --config_file recipes/accelerate/fsdp.yaml` sets
+        from test_train_fsdp import fsdp_env
+
+        env.update(fsdp_env(nproc))
     if nproc == 1:
         cmd = [sys.executable, "-m", "w2s", *args]
     else:
@@ -54,11 +59,13 @@ GENERALIZE = ["generalize", "--recipe", str(ROOT / "recipes/generalize/tiny.yaml
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
-def test_generalize_two_processes_one_record_same_curve(tmp_path):
+@pytest.mark.parametrize("launch", ["ddp", "fsdp"])
+def test_generalize_two_processes_one_record_same_curve(launch, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _run(GENERALIZE + ["--run-dir", str(one / "run")], one, tmp_path / "cache1", nproc=1)
-    _run(GENERALIZE, two, tmp_path / "cache2", nproc=2)  # the default run dir, under runs/
+    # the default run dir, under runs/
+    _run(GENERALIZE, two, tmp_path / "cache2", nproc=2, fsdp=launch == "fsdp")
 
     runs = list((two / "runs" / "generalize").iterdir())
     assert len(runs) == 1  # rank 1 never created its own directory
@@ -84,14 +91,15 @@ WSPO = ["wspo", "--recipe", str(ROOT / "recipes/wspo/tiny.yaml"),
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
-def test_wspo_two_processes_one_record_same_curve(tmp_path):
+@pytest.mark.parametrize("launch", ["ddp", "fsdp"])
+def test_wspo_two_processes_one_record_same_curve(launch, tmp_path):
     """Weak DPO and WSPO training, global batch 16: one process accumulates two micro-batches
-    of 8, two processes take 8 each; the weak log-ratios and reference are computed on rank 0's
-    cache entry and read by both."""
+    of 8, two processes take 8 each (whole models under DDP, shards under FSDP); the weak
+    log-ratios and reference are computed on rank 0's cache entry and read by both."""
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _run(WSPO + ["--run-dir", str(one / "run")], one, tmp_path / "cache1", nproc=1)
-    _run(WSPO, two, tmp_path / "cache2", nproc=2)
+    _run(WSPO, two, tmp_path / "cache2", nproc=2, fsdp=launch == "fsdp")
     runs = list((two / "runs" / "wspo").iterdir())
     assert len(runs) == 1
     m1 = json.loads((one / "run" / "metrics.json").read_text())

@@ -327,28 +327,38 @@ def test_accelerator_that_would_train_differently_is_refused(monkeypatch):
                                            mixed_precision="no"), cfg())
     from accelerate.utils import DistributedType
 
-    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        sharded = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1,
-                                  mixed_precision="no", distributed_type=kind)
-        with pytest.raises(W2SError, match="does not run under .* yet.*ddp.yaml"):
-            _check_accelerator(sharded, cfg())
-    ddp = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1, mixed_precision="no",
-                          distributed_type=DistributedType.MULTI_GPU)
-    _check_accelerator(ddp, cfg())
+    def launched(kind, fsdp2=True):
+        return SimpleNamespace(num_processes=1, gradient_accumulation_steps=1,
+                               mixed_precision="no", distributed_type=kind, is_fsdp2=fsdp2)
+
+    with pytest.raises(W2SError, match="does not run under DeepSpeed.*fsdp.yaml"):
+        _check_accelerator(launched(DistributedType.DEEPSPEED), cfg())
+    with pytest.raises(W2SError, match="set fsdp_version: 2"):
+        _check_accelerator(launched(DistributedType.FSDP, fsdp2=False), cfg())
+    _check_accelerator(launched(DistributedType.FSDP), cfg())
+    _check_accelerator(launched(DistributedType.MULTI_GPU), cfg())
 
 
-@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_a_sharded_launch_is_refused_before_any_work(var, monkeypatch, tmp_path, capsys):
-    """`accelerate launch --config_file recipes/accelerate/fsdp.yaml -m w2s ...` sets these:
-    the method command stops at once with the fix, and no run directory is made."""
+@pytest.mark.parametrize(("env", "fix"), [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "fsdp.yaml"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "set fsdp_version: 2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
+      "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "set fsdp_cpu_ram_efficient_loading: false"),
+])
+def test_a_launch_the_loop_cannot_run_is_refused_before_any_work(env, fix, monkeypatch,
+                                                                 tmp_path, capsys):
+    """`accelerate launch --config_file X.yaml -m w2s ...` says what X asks for in these
+    variables: a config the loop cannot run stops the method command at once with the fix,
+    and no run directory is made."""
     from w2s.cli import main
 
-    monkeypatch.setenv(var, "true")
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
     with pytest.raises(SystemExit) as exc:
         main(["generalize", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32",
               "--task", "toy-sentiment", "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "ddp.yaml" in err
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and fix in err
     assert not (tmp_path / "run").exists()
 
 

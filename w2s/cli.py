@@ -81,9 +81,9 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
             if value is not None:
                 overrides[leaf.key] = value
         cfg = build_config(config_cls, recipe, overrides)
-        from w2s.train.loop import refuse_sharded_launch
+        from w2s.train.loop import refuse_unsupported_launch
 
-        refuse_sharded_launch()  # FSDP / DeepSpeed configs: refused before any work
+        refuse_unsupported_launch()  # e.g. DeepSpeed, FSDP1: refused before any work
         result = run(cfg)
         if isinstance(result, dict) and "status" in result:  # a finished run (not a dry-run plan)
             _print_finished(name, result)

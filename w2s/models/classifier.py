@@ -51,6 +51,12 @@ class Classifier(nn.Module):
                               device=device)
         nn.init.zeros_(self.head.weight)
 
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The backbone's transformer block classes: what FSDP's transformer-based auto-wrap
+        shards one by one (accelerate reads this attribute, as on a transformers model)."""
+        return getattr(self.backbone, "_no_split_modules", None)
+
     @classmethod
     def from_causal_lm(cls, lm: nn.Module, num_labels: int = 2) -> Classifier:
         """Take the body of a causal LM (``lm.base_model``: GPT2Model, LlamaModel, OPTModel, ...)

@@ -23,6 +23,12 @@ training (up to float rounding) on 1 or 8 GPUs and with any micro-batch size: th
 never silently depends on the GPU count (alignment-handbook #44), and changing gradient
 accumulation does not change results (alignment-handbook #124).
 
+Under FSDP (``accelerate launch --config_file recipes/accelerate/fsdp.yaml``) the same holds:
+FSDP2 averages the sharded gradients the same way. The loop shards a COPY of the model, so
+parameters, gradients and optimizer state are split across processes while training, and at
+the end every process gathers the trained weights into the caller's model, which stays a plain
+module: whatever a method does with it afterwards needs no collectives.
+
 Resuming
 --------
 With a ``checkpoint_dir``, the loop saves a checkpoint every ``checkpoint_every`` optimizer steps
@@ -37,8 +43,11 @@ loads the final weights and returns.
 
 from __future__ import annotations
 
+import atexit
+import copy
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -215,10 +224,51 @@ def make_accelerator(config: TrainConfig | None = None, logging_dir: str | Path 
         kwargs["log_with"] = config.report_to
         kwargs["project_dir"] = str(Path(logging_dir or ".") / "trackers")
     try:
-        return Accelerator(**kwargs)
+        accelerator = Accelerator(**kwargs)
     except ValueError as e:  # e.g. fp16 without a GPU, or a second precision in one process
         raise W2SError(f"cannot set up accelerate with mixed_precision="
                        f"{config.mixed_precision!r}: {e}") from None
+    if kwargs["cpu"] and _env_flag("ACCELERATE_USE_FSDP") and accelerator.num_processes > 1:
+        _fsdp_on_cpu(accelerator)
+    if accelerator.num_processes > 1:
+        atexit.unregister(_leave_process_group)  # registered once, however many accelerators
+        atexit.register(_leave_process_group)
+    return accelerator
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down before the interpreter does: left to interpreter shutdown,
+    gloo's worker threads can outlive it and abort the process (seen under FSDP on CPU)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _fsdp_on_cpu(accelerator) -> None:
+    """Shard with FSDP2 over gloo on a CPU-only launch, as an FSDP launch asks.
+
+    accelerate wires FSDP for GPU launches only and turns a CPU launch into plain data
+    parallelism; torch's FSDP2 (``fully_shard``) runs on CPU too, so w2s switches the shared
+    accelerate state to FSDP with the plugin the launch's ``FSDP_*`` variables describe. This is
+    how the test suite runs the sharded path (``torchrun --nproc_per_node 2`` on CPU)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment
+    if str(state.mixed_precision) != "no":
+        plugin.set_mixed_precision(str(state.mixed_precision))
+    state.fsdp_plugin = plugin
+    # both shared states: a later AcceleratorState() copies the process state over its own
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    state.distributed_type = DistributedType.FSDP
 
 
 def process_precision(default: str = "no") -> str:
@@ -249,19 +299,51 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def _sharded_message(kind: str) -> str:
-    return (f"the w2s training loop does not run under {kind} yet (its checkpoints and the "
-            "scoring after training assume full parameters on every rank); use "
-            "recipes/accelerate/ddp.yaml, with --mode lora for large models")
+def _unsupported_launch() -> str | None:
+    """Why this process's accelerate launch cannot run the w2s loop (None when it can).
+
+    - DeepSpeed: the loop accumulates, clips and steps itself, which DeepSpeed's engine does
+      in its own way; FSDP's ``FULL_SHARD`` partitions the same state as ZeRO-3.
+    - FSDP version 1: w2s shards with FSDP2 (``fully_shard``), accelerate's recommended one.
+    - ``fsdp_cpu_ram_efficient_loading``: transformers then loads real weights on rank 0 only,
+      but w2s loads every model on every rank (the frozen ones are not sharded).
+    """
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return ("the w2s training loop does not run under DeepSpeed; for ZeRO-3's sharding use "
+                "recipes/accelerate/fsdp.yaml (FSDP2 FULL_SHARD), or ddp.yaml with --mode lora")
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        version = os.environ.get("FSDP_VERSION", "1").strip()
+        if version != "2":
+            return (f"w2s shards with FSDP2 but this launch asks for fsdp_version {version}; set "
+                    "fsdp_version: 2 in the accelerate config (see recipes/accelerate/fsdp.yaml)")
+        if _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
+            return ("fsdp_cpu_ram_efficient_loading makes transformers load real weights on rank "
+                    "0 only, but w2s loads every model on every rank; set "
+                    "fsdp_cpu_ram_efficient_loading: false (see recipes/accelerate/fsdp.yaml)")
+    return None
 
 
-def refuse_sharded_launch() -> None:
+def refuse_unsupported_launch() -> None:
     """At start-up, before any data or model is touched: a one-line error when ``accelerate
-    launch`` was given an FSDP or DeepSpeed config (it says so in the environment), which the
-    loop refuses anyway once training starts."""
-    for var, kind in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes"}:
-            raise W2SError(_sharded_message(kind))
+    launch`` was given a config the loop cannot run (it says so in the environment)."""
+    reason = _unsupported_launch()
+    if reason:
+        raise W2SError(reason)
+
+
+def _is_fsdp(accelerator) -> bool:
+    return str(getattr(accelerator, "distributed_type", "")).rsplit(".", 1)[-1] == "FSDP"
+
+
+def _reset_wrap_policy(accelerator) -> None:
+    """accelerate's FSDP plugin keeps the block classes of the first model it wrapped, and
+    refuses a second model without them (a reward head after a language model); w2s trains
+    several models in one process, so each starts from the launch's own settings."""
+    plugin = accelerator.state.fsdp_plugin
+    if isinstance(plugin.auto_wrap_policy, functools.partial):
+        plugin.auto_wrap_policy = plugin.auto_wrap_policy.func
+    names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").strip()
+    plugin.transformer_cls_names_to_wrap = names.split(",") if names else None
 
 
 def _check_accelerator(accelerator, config: TrainConfig) -> None:
@@ -273,8 +355,13 @@ def _check_accelerator(accelerator, config: TrainConfig) -> None:
                        "accelerator with w2s.train.make_accelerator() (it passes cpu=True on "
                        "machines without a GPU)")
     kind = str(getattr(accelerator, "distributed_type", "")).rsplit(".", 1)[-1]
-    if kind in ("FSDP", "DEEPSPEED"):
-        raise W2SError(_sharded_message(kind))
+    reason = _unsupported_launch()
+    if kind == "DEEPSPEED" or reason:
+        raise W2SError(reason or "the w2s training loop does not run under DeepSpeed; use "
+                       "recipes/accelerate/fsdp.yaml")
+    if kind == "FSDP" and not getattr(accelerator, "is_fsdp2", False):
+        raise W2SError("w2s shards with FSDP2: set fsdp_version: 2 in the accelerate config "
+                       "(see recipes/accelerate/fsdp.yaml)")
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError("pass an Accelerator without gradient_accumulation_steps: train() "
                          "accumulates itself (set TrainConfig.micro_batch_size)")
@@ -395,7 +482,7 @@ def read_checkpoint(checkpoint_dir: str | Path) -> tuple[Path, dict] | None:
     checkpoint directory, ``step-00000006`` (``-done`` when training finished)::
 
         trainable.safetensors   the trainable parameters (requires_grad) only, by name
-        optimizer.pt            optimizer state_dict
+        optimizer.pt            optimizer state, keyed by parameter name (DDP and FSDP alike)
         state.pt                scheduler state_dict and RNG states (python, numpy, torch)
         trainer_state.json      step, total_steps, examples_seen, losses, done, fingerprint,
                                 config, world_size, global_batch, elapsed_s, time
@@ -411,7 +498,57 @@ def read_checkpoint(checkpoint_dir: str | Path) -> tuple[Path, dict] | None:
     return path, json.loads(state_file.read_text())
 
 
-def _save_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer, scheduler,
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a parameter: an FSDP2 shard (a DTensor) is gathered from every rank,
+    so under FSDP every rank must call this, in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    return p.full_tensor() if isinstance(p, DTensor) else p
+
+
+def _gather_state(model: torch.nn.Module, optimizer, sharded: bool) -> tuple[dict, dict]:
+    """``(trainable weights, optimizer state)`` on CPU, both keyed by parameter name: the one
+    checkpoint format of DDP and FSDP launches, so a run resumes under either. Every rank calls
+    this (FSDP gathers); under FSDP the optimizer state is only complete on rank 0."""
+    weights = {k: _full(p).detach().cpu().contiguous().clone()
+               for k, p in _trainable(model).items()}
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return weights, get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = list(_trainable(model))  # the optimizer's parameters, in this order
+    state = optimizer.state_dict()
+    return weights, {"state": {names[i]: v for i, v in state["state"].items()},
+                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                      for g in state["param_groups"]]}
+
+
+def _load_optimizer(model: torch.nn.Module, optimizer, saved: dict, sharded: bool) -> None:
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=saved,
+                                 options=StateDictOptions(full_state_dict=True))
+        return
+    groups = saved["param_groups"]
+    if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
+        optimizer.load_state_dict(saved)  # keyed by position: written before w2s 0.2's format
+        return
+    index = {name: i for i, name in enumerate(_trainable(model))}
+    optimizer.load_state_dict({
+        "state": {index[n]: v for n, v in saved["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                         for g in saved["param_groups"]]})
+
+
+def _save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer_state: dict, scheduler,
                      state: dict) -> Path:
     """Write a checkpoint next to the old one, point ``latest`` at it, then delete the old one.
 
@@ -424,9 +561,8 @@ def _save_checkpoint(checkpoint_dir: Path, model: torch.nn.Module, optimizer, sc
     name = f"step-{state['step']:08d}" + ("-done" if state["done"] else "")
     tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=f".tmp-{name}-"))
     try:
-        weights = {k: p.detach().cpu().contiguous().clone() for k, p in _trainable(model).items()}
         save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
         write_json(tmp / "trainer_state.json", state)
         final = checkpoint_dir / name
@@ -562,8 +698,7 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     main, device = accelerator.is_main_process, accelerator.device
     plan = _plan(config, len(examples), world)
 
-    params = list(_trainable(model).values())
-    if not params:
+    if not _trainable(model):
         raise ValueError("model has no parameters with requires_grad=True: nothing to train")
     fingerprint = _fingerprint(config, plan.n, model)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -588,23 +723,33 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     from w2s.seeding import seed_everything
 
     seed_everything(config.seed)
+    if found is not None:  # every rank loads the same weights, before DDP or FSDP sees them
+        _load_weights(model, found[0])
+    # FSDP shards a copy: the caller's model stays a plain module, so what follows training
+    # (scoring, generation, often on one rank) needs no collectives; it gets the trained weights
+    # at the end. The copy's peak is a 1/world_size share, next to the full model every rank
+    # holds anyway (see recipes/accelerate/fsdp.yaml).
+    sharded = _is_fsdp(accelerator)
+    target, model = model, (copy.deepcopy(model) if sharded else model)
+    if sharded:
+        _reset_wrap_policy(accelerator)
     if config.gradient_checkpointing:
         _checkpointing(model, on=True)
-    optimizer = _make_optimizer(params, config)
+    optimizer = _make_optimizer(list(_trainable(model).values()), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, plan.total_steps, plan.warmup_steps, config.scheduler))
     # the scheduler is stepped by hand, once per optimizer step: accelerate's scheduler wrapper
     # would step it once per process
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     model = accelerator.unwrap_model(wrapped)
+    params = list(_trainable(model).values())  # FSDP's sharded ones, under FSDP
 
     state: dict[str, Any] = {"step": 0, "examples_seen": 0, "losses": [], "elapsed_s": 0.0}
     resumed_from = None
     if found is not None:
         path, saved = found
-        _load_weights(model, path)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu",
-                                             weights_only=True))
+        _load_optimizer(model, optimizer, torch.load(path / "optimizer.pt", map_location="cpu",
+                                                     weights_only=True), sharded)
         extra = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         scheduler.load_state_dict(extra["scheduler"])
         _set_rng_state(extra["rng"])
@@ -646,7 +791,11 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
                     extra_sums[key] = extra_sums.get(key, 0.0) + value.to(device) * counted
 
             max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
-            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+            if sharded:  # accelerate clips under FSDP only when every parameter trains
+                accelerator.unscale_gradients()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            else:
+                grad_norm = accelerator.clip_grad_norm_(params, max_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -664,8 +813,9 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
             done = state["step"] == plan.total_steps
             every = config.checkpoint_every or plan.steps_per_epoch
             if ckdir is not None and (done or state["step"] % every == 0):
+                weights, optimizer_state = _gather_state(model, optimizer, sharded)
                 if main:
-                    _save_checkpoint(ckdir, model, optimizer, scheduler, {
+                    _save_checkpoint(ckdir, weights, optimizer_state, scheduler, {
                         **state, "done": done, "total_steps": plan.total_steps,
                         "fingerprint": fingerprint, "config": dataclasses.asdict(config),
                         "world_size": world, "global_batch": plan.batch,
@@ -675,7 +825,7 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
             bar.update(state["step"], loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             if done or state["step"] % config.log_every == 0:
                 record = {"step": state["step"], "epoch": state["examples_seen"] / plan.n,
-                          "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
+                          "loss": step_loss, "lr": lr, "grad_norm": float(_full(grad_norm)),
                           "examples_seen": state["examples_seen"]}
                 record.update({k: float(v) for k, v in zip(keys, totals[1:], strict=True)})
                 if config.report_to != "none":
@@ -692,6 +842,13 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
         # release accelerate's references to this model and optimizer (and their memory), as
         # accelerate asks between two trainings; the caller's model object is the trained one
         accelerator.free_memory()
+    if sharded:  # every rank gathers each trained tensor into the caller's model
+        trained = _trainable(model)
+        with torch.no_grad():
+            for name, p in _trainable(target).items():
+                p.copy_(_full(trained[name]))
+        del model, wrapped, optimizer, trained
+        target.to(device)
     if config.report_to != "none":
         accelerator.end_training()
     return result(state, resumed_from)
