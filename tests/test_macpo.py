@@ -389,6 +389,8 @@ def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, 
     ("not a preference task", ["--task", "toy-sentiment"], "needs a preference task"),
     ("bad judge", ["--judge", "oracle:x"], "unknown judge kind"),
     ("gold judge not a reward", ["--gold-judge", "llm:tiny:llama-1x32"], "needs a reward judge"),
+    ("unknown backend", ["--backend", "vllmm"], "did you mean 'vllm'"),
+    ("vllm memory", ["--vllm-memory", "1.5"], "fraction of GPU memory"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, extra, message, tmp_path, capsys):
     run_dir = tmp_path / "run"
@@ -424,3 +426,104 @@ def test_the_papers_command_resolves_as_written():
     assert resolve_model("llama-2-7b").location == "meta-llama/Llama-2-7b-hf"
     assert resolve_model("llama-2-70b").location == "meta-llama/Llama-2-70b-hf"
     assert resolve_model("llama-2-70b").size_b > 10 * resolve_model("llama-2-7b").size_b
+
+
+# ---- the vllm backend (a stand-in vllm module: no vLLM or GPU here) ----------------------------
+
+
+def test_vllm_backend_generates_every_agent_through_one_lora_engine_per_base(tmp_path,
+                                                                             monkeypatch):
+    """`--backend vllm`: each base model gets ONE LoRA-enabled engine for the whole
+    run; each agent's answers come from its adapter exported as it is at that moment (a new
+    request id each time, so vLLM cannot serve stale cached weights); the answers are the
+    engine's; the temporary adapter folders are gone afterwards."""
+    import sys
+    import types
+
+    from safetensors.torch import load_file
+
+    import w2s.models.generate as gen
+    from w2s.models import load_causal_lm
+
+    folders = {}
+    for name in ("tiny:llama-1x32", "tiny:gpt2-1x32", "tiny:llama-2x32"):
+        model, tok = load_causal_lm(name, seed=0)
+        folders[name] = tmp_path / "models" / name.split(":")[1]
+        model.save_pretrained(folders[name])
+        tok.save_pretrained(folders[name])
+    weak = f"{folders['tiny:llama-1x32']},{folders['tiny:gpt2-1x32']}"
+    strong = str(folders["tiny:llama-2x32"])
+
+    engines, calls = [], []
+
+    class LLM:
+        def __init__(self, model, seed, **kwargs):
+            engines.append({"model": model, **kwargs})
+            self.model = model
+
+        def generate(self, prompts, params, lora_request=None):
+            folder = Path(lora_request.lora_path)
+            calls.append({"engine": self.model, "agent": lora_request.lora_name,
+                          "id": lora_request.lora_int_id,
+                          "r": json.loads((folder / "adapter_config.json").read_text())["r"],
+                          "weights": load_file(str(folder / "adapter_model.safetensors")),
+                          "n": len(prompts), "seed": params["seed"]})
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
+                text=f"answer {i} of {lora_request.lora_name} {len(calls)}")])
+                for i in range(len(prompts))]
+
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = lambda name, rid, path: types.SimpleNamespace(
+        lora_name=name, lora_int_id=rid, lora_path=path)
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
+        LLM=LLM, SamplingParams=lambda **kw: kw))
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", request)
+    monkeypatch.setattr(gen, "vllm_available", lambda: (True, ""))
+    monkeypatch.setattr(gen, "_ENGINES", {})
+
+    args = [a for a in TINY]
+    args[args.index("--weak") + 1], args[args.index("--strong") + 1] = weak, strong
+    run_dir = tmp_path / "run"
+    assert cli(["macpo", *args, "--iterations", "2", "--backend", "vllm",
+                "--skip-empty", "--run-dir", str(run_dir)]) == 0
+
+    assert sorted(e["model"] for e in engines) == sorted(str(f) for f in folders.values())
+    assert all(e["enable_lora"] and e["max_lora_rank"] == 8 and e["max_loras"] == 1
+               and e["gpu_memory_utilization"] == 0.4 for e in engines)
+    assert len({c["id"] for c in calls}) == len(calls)  # a new request id every call
+    assert all(c["r"] == 8 for c in calls)
+    # the initial answers come from each weak agent's adapter as SFT left it
+    init = {c["agent"]: c for c in calls[:4]}
+    assert sorted(init) == ["teacher1-neg", "teacher1-pos", "teacher2-neg", "teacher2-pos"]
+    for agent, call in init.items():
+        saved = load_file(str(run_dir / "init" / "adapters" / f"{agent}.safetensors"))
+        assert set(saved) == set(call["weights"])
+        for key, value in saved.items():
+            torch.testing.assert_close(call["weights"][key], value, rtol=0, atol=0)
+    assert init["teacher1-pos"]["engine"] == str(folders["tiny:llama-1x32"])
+    # iteration 1: all six agents answer Q_w2s with seed 0 + 1; the files hold the engine's text
+    first = [c for c in calls if c["seed"] == 1 and c["n"] == len(rows(run_dir / "data" /
+                                                                      "q_w2s.jsonl"))]
+    assert {c["agent"] for c in first} >= {"student-pos", "student-neg", "teacher2-neg"}
+    gens = rows(run_dir / "iter1" / "gen-student-pos.jsonl")
+    assert all(r["response"].startswith("answer ") and "of student-pos" in r["response"]
+               for r in gens)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["generation"] == {"backend": "vllm", "requested_backend": "vllm"}
+    assert metrics["status"] == "ok" and not (run_dir / ".vllm").exists()
+
+
+def test_vllm_backend_falls_back_to_hf_with_the_reason(tmp_path, monkeypatch):
+    """Tiny models are built in memory, so vLLM could not load them even where it runs: a
+    warning says so and the hf backend generates; env.json records both."""
+    import w2s.models.generate as gen
+
+    monkeypatch.setattr(gen, "vllm_available", lambda: (True, ""))
+    run_dir = tmp_path / "run"
+    with pytest.warns(UserWarning, match="vllm loads a hub id or a folder, which tiny:"):
+        assert cli(["macpo", *TINY, "--backend", "vllm", "--run-dir", str(run_dir)]) == 0
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["generation"] == {"backend": "hf", "requested_backend": "vllm"}
+    assert rows(run_dir / "iter1" / "gen-student-pos.jsonl")

@@ -48,7 +48,6 @@ judging run on the main process while the others wait)::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from w2s.config import option, section, stage_train
@@ -87,6 +86,16 @@ class Generation:
     batch_size: int = field(default=16, metadata={"help": "prompts per generate call"})
     seed: int = field(default=0, metadata={
         "help": "sampling seed (iteration t samples Q_w2s answers with seed + t)"})
+    backend: str = field(default="hf", metadata={
+        "help": "hf (transformers, batched, KV cache) or vllm (pip install 'w2s[vllm]', a GPU, "
+                "models from a hub id or folder, no --quantize): one LoRA engine per base "
+                "model, every agent an adapter on it; falls back to hf with a warning"})
+    vllm_memory: float = field(default=0.4, metadata={
+        "help": "vllm: the GPU memory fraction its engines may take (the model being trained "
+                "shares the GPU)"})
+
+
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "batch_size", "seed")
 
 
 @dataclass
@@ -249,6 +258,15 @@ def check_config(cfg: MACPOConfig) -> dict:
     train_config(cfg.sft, cfg.seed)  # bad optimizer, scheduler, sizes: one line here
     train_config(cfg.dpo, cfg.seed)
     sampling(cfg.generation).validate()
+    from w2s.models.generate import BACKENDS
+
+    if cfg.generation.backend not in BACKENDS:
+        raise W2SError(f"unknown generation backend {cfg.generation.backend!r}"
+                       f"{did_you_mean(cfg.generation.backend, BACKENDS)}; choose one of "
+                       f"{list(BACKENDS)}")
+    if not 0 < cfg.generation.vllm_memory <= 1:
+        raise W2SError(f"generation.vllm_memory is a fraction of GPU memory in (0, 1], got "
+                       f"{cfg.generation.vllm_memory}")
     if cfg.judge.strip().lower() != "none":
         parse_judge(cfg.judge)
     if cfg.gold_judge:
@@ -267,6 +285,6 @@ def sampling(gen: Generation, seed_offset: int = 0):
     """The :class:`w2s.models.generate.SamplingConfig` of the generation section."""
     from w2s.models.generate import SamplingConfig
 
-    values = dataclasses.asdict(gen)
+    values = {k: getattr(gen, k) for k in SAMPLING_FIELDS}
     values["seed"] = gen.seed + seed_offset
     return SamplingConfig(**values)

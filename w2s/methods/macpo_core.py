@@ -243,9 +243,13 @@ class Base:
     """
 
     def __init__(self, name: str, cfg: MACPOConfig, device, prompt_format: str):
-        from w2s.models import LoraSettings, apply_lora, load_causal_lm
+        from w2s.models import LoraSettings, apply_lora, load_causal_lm, resolve_model
 
         self.name = name
+        resolved = resolve_model(name)
+        # what vLLM can load: a hub id or a folder (not a tiny or packaged offline model)
+        self.location = (resolved.location if resolved.source in ("alias", "hub", "local")
+                         else None)
         quantize = None if cfg.quantize == "none" else cfg.quantize
         model, self.tokenizer = load_causal_lm(name, dtype=cfg.dtype, device=device,
                                                quantize=quantize, seed=cfg.seed)
@@ -308,6 +312,16 @@ class Base:
         from safetensors.torch import load_file
 
         self.set_state(agent, load_file(str(path)))
+
+    def export(self, agent: str, folder: Path) -> Path:
+        """The agent's adapter as a peft folder (``adapter_config.json`` and weights), what
+        vLLM loads a LoRA adapter from; returns that folder."""
+        self.model.save_pretrained(str(folder), selected_adapters=[agent])
+        found = [p.parent for p in folder.rglob("adapter_config.json")]
+        if len(found) != 1:
+            raise W2SError(f"exporting agent {agent} for vllm wrote {len(found)} adapter "
+                           f"folders under {folder}")
+        return found[0]
 
     def copy(self, source: str, target: str) -> None:
         """``target`` becomes an exact copy of ``source`` (the strong negative agent starts as
@@ -482,7 +496,9 @@ class MACPO:
                 "judge": self.judge.identity() if self.judge is not None else None,
                 "gold_judge": self.gold.identity() if self.gold is not None else None,
                 "n_labeled": len(self.labeled), "n_q_w2s": len(self.q_w2s),
-                "n_test_prompts": len(self.test)}
+                "n_test_prompts": len(self.test),
+                "generation": {"backend": self.backend,
+                               "requested_backend": self.cfg.generation.backend}}
 
     def agents_table(self) -> dict:
         table = {}
@@ -581,7 +597,6 @@ class MACPO:
         """``agent``'s answers to ``prompts`` -> ``{prompt id: answer}``, written to ``file``
         (``{id, prompt, response, agent, model}`` rows); read back when the stage finished.
         ``branch``: an evaluation's answers, which later stages do not depend on."""
-        from w2s.models.generate import generate
 
         gen = sampling(self.cfg.generation, seed_offset)
         record = self.book.begin(stage, branch=branch, agent=agent, sampling=dataclasses.asdict(gen),
@@ -591,9 +606,8 @@ class MACPO:
             if self.main:
                 started = time.perf_counter()
                 base.use(agent)
-                texts = generate(base.model, base.tokenizer,
-                                 [base.format.text(p["prompt"]) for p in prompts], gen,
-                                 chat=base.format.chat)
+                texts = self._generate(base, agent, [base.format.text(p["prompt"])
+                                                     for p in prompts], gen)
                 rows = [{"id": p["id"], "prompt": p["prompt"],
                          "response": base.format.clean(text), "agent": agent, "model": base.name}
                         for p, text in zip(prompts, texts, strict=True)]
@@ -608,6 +622,43 @@ class MACPO:
         else:
             rows = read_jsonl(self.path(file))
         return {r["id"]: r["response"] for r in rows}
+
+    def _generate(self, base: Base, agent: str, texts: list[str], gen) -> list[str]:
+        """``agent``'s answers with the run's backend: hf generates with the agent's adapter
+        active on the loaded model; vllm through the adapter, exported as it is now, on one
+        LoRA engine per base model."""
+        from w2s.models.generate import VLLMAdapter, generate
+
+        if self.backend != "vllm":
+            return generate(base.model, base.tokenizer, texts, gen, chat=base.format.chat)
+        scratch = self.path(".vllm")
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            adapter = VLLMAdapter(agent, str(base.export(agent, scratch / agent)),
+                                  rank=base.lora.r, memory=self.cfg.generation.vllm_memory)
+            return generate(base.model, base.tokenizer, texts, gen, chat=base.format.chat,
+                            backend="vllm", model_name=base.location, adapter=adapter)
+        finally:  # vLLM has read the adapter by the time generate returns
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @property
+    def backend(self) -> str:
+        """The generation backend that runs: vllm only where it can (installed, a GPU, every
+        base model a hub id or folder, no --quantize); otherwise hf, after a warning saying
+        why (see :func:`w2s.models.generate.pick_backend`)."""
+        if not hasattr(self, "_backend"):
+            from w2s.models.generate import pick_backend
+
+            backend = pick_backend(self.cfg.generation.backend)
+            unfit = [b.name for b in self.bases.values() if b.location is None]
+            why = (f"vllm loads a hub id or a folder, which {', '.join(unfit)} is not" if unfit
+                   else "vllm generation with --quantize is not wired in w2s"
+                   if self.cfg.quantize != "none" else "")
+            if backend == "vllm" and why:
+                warnings.warn(f"{why}; generating with the hf backend instead", stacklevel=2)
+                backend = "hf"
+            self._backend = backend
+        return self._backend
 
     # ---- initialisation ----------------------------------------------------------------------
     def initialise(self) -> None:

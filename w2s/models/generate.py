@@ -10,7 +10,8 @@ Backends:
   every sequence's next token sits in the last column; batches sorted by length to waste little
   padding; original order restored.
 - ``vllm``: when the optional extra is installed and a GPU is visible; otherwise the call says
-  why and falls back to ``hf`` (or refuses, with ``fallback=False``).
+  why and falls back to ``hf`` (or refuses, with ``fallback=False``). LoRA agents (MACPO)
+  generate through one LoRA-enabled engine per base model (:class:`VLLMAdapter`).
 
 Prompts are formatted with the model's chat template when it has one (``chat=True``, see
 :func:`w2s.models.format_chat`), else used as plain text.
@@ -161,23 +162,59 @@ def _encode(tokenizer, texts: list[str], chat: bool) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
 
 
+@dataclass(frozen=True)
+class VLLMAdapter:
+    """A LoRA adapter for the vllm backend to generate through: ``path`` is a peft adapter
+    folder (``adapter_config.json`` + weights, see ``PeftModel.save_pretrained``), ``rank``
+    its LoRA rank, ``memory`` the GPU memory fraction the engine may take (it shares the GPU
+    with the model being trained)."""
+
+    name: str
+    path: str
+    rank: int
+    memory: float = 0.4
+
+
+_ENGINES: dict[tuple, object] = {}  # (model, rank, memory) -> a LoRA engine, kept for reuse
+_REQUESTS = [0]                     # LoRA request ids: a new one per call, as weights change
+
+
 def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingConfig,
-                   chat: bool) -> list[str]:
+                   chat: bool, adapter: VLLMAdapter | None = None) -> list[str]:
     """vLLM from the same token ids as the hf backend (a templated prompt's BOS is not added
-    a second time) and with the same explicit sampling parameters."""
+    a second time) and with the same explicit sampling parameters.
+
+    With an ``adapter``, one engine per base model is built with LoRA enabled and kept for the
+    process (MACPO's agents are adapters on one base, and train between their generations);
+    each call sends the adapter's folder under a new request id, so vLLM loads the weights as
+    they are now instead of the ones it cached for an earlier call."""
     from vllm import LLM, SamplingParams  # optional extra
 
-    llm = LLM(model=model_name, seed=cfg.seed)
+    if adapter is None:
+        llm = LLM(model=model_name, seed=cfg.seed)
+    else:
+        key = (model_name, adapter.rank, adapter.memory)
+        if key not in _ENGINES:
+            _ENGINES[key] = LLM(model=model_name, seed=cfg.seed, enable_lora=True,
+                                max_lora_rank=adapter.rank, max_loras=1,
+                                gpu_memory_utilization=adapter.memory)
+        llm = _ENGINES[key]
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p,
                             seed=cfg.seed, skip_special_tokens=True)
     prompts = [{"prompt_token_ids": ids} for ids in _encode(tokenizer, texts, chat)]
-    return [o.outputs[0].text for o in llm.generate(prompts, params)]
+    if adapter is None:
+        return [o.outputs[0].text for o in llm.generate(prompts, params)]
+    from vllm.lora.request import LoRARequest
+
+    _REQUESTS[0] += 1
+    request = LoRARequest(adapter.name, _REQUESTS[0], adapter.path)
+    return [o.outputs[0].text for o in llm.generate(prompts, params, lora_request=request)]
 
 
 def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig | None = None,
              *, chat: bool = True, backend: str = "hf", model_name: str | None = None,
-             progress: bool | None = None) -> list[str]:
+             adapter: VLLMAdapter | None = None, progress: bool | None = None) -> list[str]:
     """Generate one response per prompt, in the prompts' order.
 
     Args:
@@ -186,6 +223,8 @@ def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig 
             has one.
         sampling: :class:`SamplingConfig` (defaults: temperature 1, top-k off, top-p off).
         backend: ``hf`` or ``vllm`` (needs ``model_name``, a path or hub id vLLM can load).
+        adapter: vllm only: generate through this LoRA adapter on ``model_name`` (the hf
+            backend generates with whatever adapter ``model`` has active).
 
     Returns the decoded continuations without the prompt and without special tokens.
     """
@@ -196,7 +235,7 @@ def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig 
     if pick_backend(backend) == "vllm":
         if not model_name:
             raise W2SError("the vllm backend needs model_name (a path or hub id it can load)")
-        return _vllm_generate(model_name, tokenizer, texts, cfg, chat)
+        return _vllm_generate(model_name, tokenizer, texts, cfg, chat, adapter)
     return _hf_generate(model, tokenizer, texts, cfg, progress, chat)
 
 
