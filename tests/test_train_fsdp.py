@@ -62,7 +62,8 @@ SCRIPT = textwrap.dedent("""
         return lm_loss(logits[:, :-1], ids[:, 1:], torch.ones_like(ids[:, 1:]))
 
     config = TrainConfig(lr=1e-2, epochs=2, batch_size=8, micro_batch_size=int(sys.argv[3]),
-                         checkpoint_every=2, warmup_ratio=0.2, max_grad_norm=0.5)
+                         checkpoint_every=2, warmup_ratio=0.2, max_grad_norm=0.5,
+                         mixed_precision=sys.argv[4])
     accelerator = make_accelerator(config)
     records = []
     try:
@@ -109,7 +110,8 @@ def fsdp_env(nproc: int) -> dict[str, str]:
             if k.startswith(("FSDP_", "ACCELERATE_USE_"))}
 
 
-def launch(tmp_path: Path, name: str, nproc: int, micro: int, crash_at: int = 0) -> dict | None:
+def launch(tmp_path: Path, name: str, nproc: int, micro: int, crash_at: int = 0,
+           precision: str = "no") -> dict | None:
     out = tmp_path / name
     out.mkdir(exist_ok=True)
     script = tmp_path / "fsdp_script.py"
@@ -121,8 +123,8 @@ def launch(tmp_path: Path, name: str, nproc: int, micro: int, crash_at: int = 0)
         env.update(fsdp_env(nproc))
         cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(_port()), str(script)]
-    proc = subprocess.run([*cmd, str(out), str(crash_at), str(micro)], capture_output=True,
-                          text=True, env=env, timeout=240)
+    proc = subprocess.run([*cmd, str(out), str(crash_at), str(micro), precision],
+                          capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = out / "result.json"
     return {"dir": out, **json.loads(result.read_text())} if result.exists() else None
@@ -160,3 +162,14 @@ def test_fsdp_trains_like_one_process_and_resumes_across_launches(tmp_path):
     again = launch(tmp_path, "again", nproc=2, micro=2)
     assert again["resumed_from"] == 4
     assert_same_training(two, again, atol=1e-6)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
+def test_fsdp_in_bf16_trains_like_one_process_in_bf16(tmp_path):
+    """bf16 under FSDP2: the sharded copy computes in bf16 from fp32 master weights (accelerate's
+    MixedPrecisionPolicy) where one process autocasts, so the curves agree to bf16 rounding."""
+    one = launch(tmp_path, "one", nproc=1, micro=4, precision="bf16")
+    two = launch(tmp_path, "fsdp", nproc=2, micro=2, precision="bf16")
+    assert two["kind"] == "FSDP" and two["trained_as"] == ["DTensor"]
+    assert two["losses"] == pytest.approx(one["losses"], abs=2e-2)
+    assert one["losses"][-1] < one["losses"][0] - 0.3 and two["plain"]
