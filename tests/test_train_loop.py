@@ -588,3 +588,27 @@ def test_lm_loss_is_fp32_and_chunked_for_bf16_logits():
     torch.nn.functional.cross_entropy(ref, labels, reduction="sum").backward()
     torch.testing.assert_close(logits.grad.float(), ref.grad, rtol=1e-2, atol=1e-2)
     assert math.isfinite(float(small_chunks.detach().sum()))
+
+
+def test_fsdp_refuses_a_quantized_model_before_any_work():
+    """bitsandbytes weights (Params4bit / Int8Params) cannot be sharded by w2s's FSDP path:
+    one line pointing at ddp.yaml, before the model is copied or touched."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    class Params4bit(torch.nn.Parameter):  # the class name is what the loop recognises
+        pass
+
+    model = mlp()
+    model.body[0].weight = Params4bit(model.body[0].weight.detach().clone(), requires_grad=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fsdp = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True,
+                           device=torch.device("cpu"), gradient_accumulation_steps=1,
+                           mixed_precision="no", distributed_type=DistributedType.FSDP,
+                           is_fsdp2=True)
+    with pytest.raises(W2SError, match="bitsandbytes-quantized model under FSDP.*ddp.yaml"):
+        train(model, regression_data(), loss_fn=mse, collate=collate, config=cfg(),
+              progress=False, accelerator=fsdp)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

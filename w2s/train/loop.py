@@ -727,9 +727,15 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
         _load_weights(model, found[0])
     # FSDP shards a copy: the caller's model stays a plain module, so what follows training
     # (scoring, generation, often on one rank) needs no collectives; it gets the trained weights
-    # at the end. The copy's peak is a 1/world_size share, next to the full model every rank
-    # holds anyway (see recipes/accelerate/fsdp.yaml).
+    # at the end. The copy is whole only until accelerate shards it (a second model's memory
+    # for a moment); then each rank keeps a 1/world_size share of it, its gradients and the
+    # optimizer state, next to the whole model it loaded (see recipes/accelerate/fsdp.yaml).
     sharded = _is_fsdp(accelerator)
+    if sharded and any(type(p).__name__ in ("Params4bit", "Int8Params")
+                       for p in model.parameters()):
+        raise W2SError("w2s does not train a bitsandbytes-quantized model under FSDP; launch "
+                       "with recipes/accelerate/ddp.yaml (LoRA on a 4-bit model fits one GPU "
+                       "per process)")
     target, model = model, (copy.deepcopy(model) if sharded else model)
     if sharded:
         _reset_wrap_policy(accelerator)
@@ -848,7 +854,8 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
             for name, p in _trainable(target).items():
                 p.copy_(_full(trained[name]))
         del model, wrapped, optimizer, trained
-        target.to(device)
+        if any(p.device != device for p in target.parameters()):
+            target.to(device)
     if config.report_to != "none":
         accelerator.end_training()
     return result(state, resumed_from)
