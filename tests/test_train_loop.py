@@ -331,8 +331,7 @@ def test_accelerator_that_would_train_differently_is_refused(monkeypatch):
         return SimpleNamespace(num_processes=1, gradient_accumulation_steps=1,
                                mixed_precision="no", distributed_type=kind, is_fsdp2=fsdp2)
 
-    with pytest.raises(W2SError, match="does not run under DeepSpeed.*fsdp.yaml"):
-        _check_accelerator(launched(DistributedType.DEEPSPEED), cfg())
+    _check_accelerator(launched(DistributedType.DEEPSPEED), cfg())
     with pytest.raises(W2SError, match="set fsdp_version: 2"):
         _check_accelerator(launched(DistributedType.FSDP, fsdp2=False), cfg())
     _check_accelerator(launched(DistributedType.FSDP), cfg())
@@ -340,7 +339,8 @@ def test_accelerator_that_would_train_differently_is_refused(monkeypatch):
 
 
 @pytest.mark.parametrize(("env", "fix"), [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "fsdp.yaml"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"},
+     "set zero3_init_flag: false"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "set fsdp_version: 2"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
       "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "set fsdp_cpu_ram_efficient_loading: false"),

@@ -123,6 +123,12 @@ def _unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def _partitioned(module) -> bool:
+    """True when DeepSpeed ZeRO-3 partitions ``module``'s weights: they are whole only inside
+    its own forward, so the head cannot be re-applied chunk by chunk under checkpointing."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
 def _body_and_head(model):
     """(transformer body, output head) of a causal LM, plain or peft-wrapped; (None, None) when
     the model does not expose them the standard transformers way."""
@@ -155,7 +161,9 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     forward hook on its transformer body catches the final hidden states; the output head is then
     applied to the scored rows only, a chunk at a time. The last position's logits double as a
     check that the model's logits really are ``head(hidden)``; a model where they are not
-    (soft-capping, logit scaling) is re-run for full logits, and remembered.
+    (soft-capping, logit scaling) is re-run for full logits, and remembered. Under DeepSpeed
+    ZeRO-3 (a partitioned head) the model's full logits are read too; the fp32 log-softmax is
+    still computed a chunk at a time.
     """
     labels = input_ids[:, 1:]
     mask = response_mask[:, 1:]
@@ -164,7 +172,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     body, head = _body_and_head(model)
     inner = _unwrap(model)
     kind = type(inner.get_base_model() if hasattr(inner, "get_base_model") else inner)
-    if body is not None and kind not in _HEAD_MISMATCH:
+    if body is not None and kind not in _HEAD_MISMATCH and not _partitioned(head):
         caught = []
 
         def catch(module, args, output):

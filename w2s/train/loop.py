@@ -23,11 +23,14 @@ training (up to float rounding) on 1 or 8 GPUs and with any micro-batch size: th
 never silently depends on the GPU count (alignment-handbook #44), and changing gradient
 accumulation does not change results (alignment-handbook #124).
 
-Under FSDP (``accelerate launch --config_file recipes/accelerate/fsdp.yaml``) the same holds:
-FSDP2 averages the sharded gradients the same way. The loop shards a COPY of the model, so
-parameters, gradients and optimizer state are split across processes while training, and at
-the end every process gathers the trained weights into the caller's model, which stays a plain
-module: whatever a method does with it afterwards needs no collectives.
+Under FSDP and DeepSpeed (``accelerate launch --config_file recipes/accelerate/fsdp.yaml`` or
+``deepspeed-zero3.yaml``) the same holds. The loop shards a COPY of the model, so parameters,
+gradients and optimizer state are split across processes while training, and at the end every
+process gathers the trained weights into the caller's model, which stays a plain module:
+whatever a method does with it afterwards needs no collectives. FSDP2 averages the sharded
+gradients like DDP. DeepSpeed's engine is driven by hand: told where each step's last
+micro-batch is, the loss passed unscaled (``scale_wrt_gas=False``), the engine's step (with its
+clipping at ``max_grad_norm``) taken after the last one.
 
 Resuming
 --------
@@ -228,8 +231,14 @@ def make_accelerator(config: TrainConfig | None = None, logging_dir: str | Path 
     except ValueError as e:  # e.g. fp16 without a GPU, or a second precision in one process
         raise W2SError(f"cannot set up accelerate with mixed_precision="
                        f"{config.mixed_precision!r}: {e}") from None
-    if kwargs["cpu"] and _env_flag("ACCELERATE_USE_FSDP") and accelerator.num_processes > 1:
-        _fsdp_on_cpu(accelerator)
+    if kwargs["cpu"] and accelerator.num_processes > 1:
+        if _env_flag("ACCELERATE_USE_FSDP"):
+            _fsdp_on_cpu(accelerator)
+        elif _env_flag("ACCELERATE_USE_DEEPSPEED"):
+            _deepspeed_on_cpu(accelerator)
+    if _launch_kind(accelerator) == "DEEPSPEED":
+        _whole_models_for_transformers()
+        accelerator.gradient_accumulation_steps = 1  # the loop accumulates (see train())
     if accelerator.num_processes > 1:
         atexit.unregister(_leave_process_group)  # registered once, however many accelerators
         atexit.register(_leave_process_group)
@@ -271,6 +280,38 @@ def _fsdp_on_cpu(accelerator) -> None:
     state.distributed_type = DistributedType.FSDP
 
 
+def _whole_models_for_transformers() -> None:
+    """accelerate tells transformers that ZeRO-3 is on (a global weak reference). transformers
+    then loads every model partitioned and generates in lock-step across ranks (a rank that
+    generates alone would wait forever). w2s loads models whole and gives the engine a copy of
+    the one it trains, so it withdraws that reference."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def _deepspeed_on_cpu(accelerator) -> None:
+    """DeepSpeed over gloo on a CPU-only launch, as a DeepSpeed launch asks: accelerate wires
+    DeepSpeed for GPU launches only (on CPU its ranks do not even join), so w2s joins them as a
+    plain CPU launch and switches the shared state to DeepSpeed with the plugin the launch's
+    ``ACCELERATE_DEEPSPEED_*`` variables describe. DeepSpeed runs on its CPU accelerator."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks one
+    from accelerate.state import PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        return
+    plugin = DeepSpeedPlugin()  # reads the ACCELERATE_DEEPSPEED_* environment
+    if str(state.mixed_precision) != "no":
+        plugin.set_mixed_precision(str(state.mixed_precision))
+    state.deepspeed_plugins = {"default": plugin}
+    plugin.select(_from_accelerator_state=True)
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+    state.distributed_type = DistributedType.DEEPSPEED
+    accelerator.deepspeed_engine_wrapped = None  # what Accelerator() sets up for DeepSpeed
+
+
 def process_precision(default: str = "no") -> str:
     """The mixed precision this process already trains in (one accelerate state per process,
     set by its first :func:`make_accelerator`), or ``default`` when none is set up yet.
@@ -302,15 +343,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def _unsupported_launch() -> str | None:
     """Why this process's accelerate launch cannot run the w2s loop (None when it can).
 
-    - DeepSpeed: the loop accumulates, clips and steps itself, which DeepSpeed's engine does
-      in its own way; FSDP's ``FULL_SHARD`` partitions the same state as ZeRO-3.
+    - DeepSpeed with ``zero3_init_flag``: transformers then loads every model partitioned,
+      but w2s loads every model whole on every rank and lets the loop partition a copy.
     - FSDP version 1: w2s shards with FSDP2 (``fully_shard``), accelerate's recommended one.
     - ``fsdp_cpu_ram_efficient_loading``: transformers then loads real weights on rank 0 only,
       but w2s loads every model on every rank (the frozen ones are not sharded).
     """
-    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
-        return ("the w2s training loop does not run under DeepSpeed; for ZeRO-3's sharding use "
-                "recipes/accelerate/fsdp.yaml (FSDP2 FULL_SHARD), or ddp.yaml with --mode lora")
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") and _env_flag("ACCELERATE_DEEPSPEED_ZERO3_INIT"):
+        return ("zero3_init_flag makes transformers load every model partitioned, but w2s loads "
+                "every model whole on every rank; set zero3_init_flag: false (see "
+                "recipes/accelerate/deepspeed-zero3.yaml)")
     if _env_flag("ACCELERATE_USE_FSDP"):
         version = os.environ.get("FSDP_VERSION", "1").strip()
         if version != "2":
@@ -331,8 +373,19 @@ def refuse_unsupported_launch() -> None:
         raise W2SError(reason)
 
 
-def _is_fsdp(accelerator) -> bool:
-    return str(getattr(accelerator, "distributed_type", "")).rsplit(".", 1)[-1] == "FSDP"
+def _launch_kind(accelerator) -> str:
+    """``FSDP``, ``DEEPSPEED``, or another accelerate distributed type (``NO``, ``MULTI_GPU``...)."""
+    return str(getattr(accelerator, "distributed_type", "")).rsplit(".", 1)[-1]
+
+
+def _configure_deepspeed(accelerator, plan: _Plan, config: TrainConfig) -> None:
+    """The engine's batch arithmetic and clipping come from the TrainConfig, not from the
+    accelerate config file: one micro-batch per backward, ``plan.accum`` backwards per step."""
+    clip = config.max_grad_norm
+    accelerator.state.deepspeed_plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=plan.micro, gradient_accumulation_steps=plan.accum,
+        train_batch_size=plan.micro * plan.accum * plan.world,
+        gradient_clipping=0.0 if clip is None or math.isinf(clip) else clip)
 
 
 def _reset_wrap_policy(accelerator) -> None:
@@ -354,11 +407,10 @@ def _check_accelerator(accelerator, config: TrainConfig) -> None:
                        f"{accelerator.num_processes}: each process would train alone. Create the "
                        "accelerator with w2s.train.make_accelerator() (it passes cpu=True on "
                        "machines without a GPU)")
-    kind = str(getattr(accelerator, "distributed_type", "")).rsplit(".", 1)[-1]
+    kind = _launch_kind(accelerator)
     reason = _unsupported_launch()
-    if kind == "DEEPSPEED" or reason:
-        raise W2SError(reason or "the w2s training loop does not run under DeepSpeed; use "
-                       "recipes/accelerate/fsdp.yaml")
+    if reason:
+        raise W2SError(reason)
     if kind == "FSDP" and not getattr(accelerator, "is_fsdp2", False):
         raise W2SError("w2s shards with FSDP2: set fsdp_version: 2 in the accelerate config "
                        "(see recipes/accelerate/fsdp.yaml)")
@@ -506,13 +558,33 @@ def _full(p: torch.Tensor) -> torch.Tensor:
     return p.full_tensor() if isinstance(p, DTensor) else p
 
 
-def _gather_state(model: torch.nn.Module, optimizer, sharded: bool) -> tuple[dict, dict]:
+def _full_trainable(model: torch.nn.Module, kind: str):
+    """``(name, whole tensor)`` of each trainable parameter, gathered one at a time from its
+    shards (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions). A collective when sharded: every rank
+    iterates, in the same order."""
+    for name, p in _trainable(model).items():
+        if kind == "DEEPSPEED":
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                yield name, p.data.detach().clone()
+        else:
+            yield name, _full(p)
+
+
+def _gather_state(model: torch.nn.Module, optimizer, kind: str,
+                  main: bool) -> tuple[dict, dict]:
     """``(trainable weights, optimizer state)`` on CPU, both keyed by parameter name: the one
-    checkpoint format of DDP and FSDP launches, so a run resumes under either. Every rank calls
-    this (FSDP gathers); under FSDP the optimizer state is only complete on rank 0."""
-    weights = {k: _full(p).detach().cpu().contiguous().clone()
-               for k, p in _trainable(model).items()}
-    if sharded:
+    checkpoint format of DDP and FSDP launches, so a run resumes under either (DeepSpeed's
+    engine writes its optimizer state itself: an empty dict here). Every rank calls this (the
+    sharded launches gather); only the main process gets them (the others get empty dicts)."""
+    weights = {}
+    for name, full in _full_trainable(model, kind):
+        if main:
+            weights[name] = full.detach().cpu().contiguous().clone()
+    if kind == "DEEPSPEED" or not (kind == "FSDP" or main):
+        return weights, {}
+    if kind == "FSDP":
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_optimizer_state_dict,
@@ -527,8 +599,8 @@ def _gather_state(model: torch.nn.Module, optimizer, sharded: bool) -> tuple[dic
                                       for g in state["param_groups"]]}
 
 
-def _load_optimizer(model: torch.nn.Module, optimizer, saved: dict, sharded: bool) -> None:
-    if sharded:
+def _load_optimizer(model: torch.nn.Module, optimizer, saved: dict, kind: str) -> None:
+    if kind == "FSDP":
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
@@ -539,7 +611,7 @@ def _load_optimizer(model: torch.nn.Module, optimizer, saved: dict, sharded: boo
         return
     groups = saved["param_groups"]
     if groups and groups[0]["params"] and isinstance(groups[0]["params"][0], int):
-        optimizer.load_state_dict(saved)  # keyed by position: written before w2s 0.2's format
+        optimizer.load_state_dict(saved)  # keyed by position: an older w2s checkpoint
         return
     index = {name: i for i, name in enumerate(_trainable(model))}
     optimizer.load_state_dict({
@@ -548,12 +620,19 @@ def _load_optimizer(model: torch.nn.Module, optimizer, saved: dict, sharded: boo
                          for g in saved["param_groups"]]})
 
 
+def _engine_staging(checkpoint_dir: Path, step: int) -> Path:
+    """Where every rank writes its part of DeepSpeed's engine state before the checkpoint."""
+    return checkpoint_dir / f".engine-step-{step:08d}"
+
+
 def _save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer_state: dict, scheduler,
-                     state: dict) -> Path:
+                     state: dict, engine_dir: Path | None = None) -> Path:
     """Write a checkpoint next to the old one, point ``latest`` at it, then delete the old one.
 
     Each step is atomic (a temp dir renamed into place; ``latest`` rewritten atomically), so a
-    kill at any moment leaves ``latest`` naming a complete checkpoint.
+    kill at any moment leaves ``latest`` naming a complete checkpoint. ``engine_dir``: the
+    DeepSpeed engine's own state (written by every rank), moved in as ``deepspeed/`` in place
+    of ``optimizer.pt``.
     """
     from safetensors.torch import save_file
 
@@ -562,7 +641,10 @@ def _save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer_state: dict,
     tmp = Path(tempfile.mkdtemp(dir=checkpoint_dir, prefix=f".tmp-{name}-"))
     try:
         save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
+        if engine_dir is not None:
+            os.replace(engine_dir, tmp / "deepspeed")
+        else:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
         write_json(tmp / "trainer_state.json", state)
         final = checkpoint_dir / name
@@ -574,8 +656,8 @@ def _save_checkpoint(checkpoint_dir: Path, weights: dict, optimizer_state: dict,
         raise
     atomic_write_text(checkpoint_dir / "latest", name + "\n")
     for old in checkpoint_dir.iterdir():  # keep only the latest (and what is not ours)
-        if old.name != name and old.is_dir() and (old.name.startswith("step-")
-                                                  or old.name.startswith(".tmp-step-")):
+        if old.name != name and old.is_dir() and old.name.startswith(
+                ("step-", ".tmp-step-", ".engine-step-")):
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -730,15 +812,23 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     # at the end. The copy is whole only until accelerate shards it (a second model's memory
     # for a moment); then each rank keeps a 1/world_size share of it, its gradients and the
     # optimizer state, next to the whole model it loaded (see recipes/accelerate/fsdp.yaml).
-    sharded = _is_fsdp(accelerator)
+    # DeepSpeed does the same with its engine (ZeRO-3 partitions the copy).
+    kind = _launch_kind(accelerator)
+    sharded, deepspeed = kind in ("FSDP", "DEEPSPEED"), kind == "DEEPSPEED"
     if sharded and any(type(p).__name__ in ("Params4bit", "Int8Params")
                        for p in model.parameters()):
-        raise W2SError("w2s does not train a bitsandbytes-quantized model under FSDP; launch "
-                       "with recipes/accelerate/ddp.yaml (LoRA on a 4-bit model fits one GPU "
-                       "per process)")
+        raise W2SError(f"w2s does not train a bitsandbytes-quantized model under {kind}; "
+                       "launch with recipes/accelerate/ddp.yaml (LoRA on a 4-bit model fits "
+                       "one GPU per process)")
+    if found is not None and (found[0] / "deepspeed").is_dir() != deepspeed:
+        raise W2SError(f"checkpoint {found[0]} was written by a "
+                       f"{'DeepSpeed' if not deepspeed else 'non-DeepSpeed'} launch; resume it "
+                       f"with that kind of launch, or delete {ckdir} to start over")
     target, model = model, (copy.deepcopy(model) if sharded else model)
-    if sharded:
+    if kind == "FSDP":
         _reset_wrap_policy(accelerator)
+    if deepspeed:
+        _configure_deepspeed(accelerator, plan, config)
     if config.gradient_checkpointing:
         _checkpointing(model, on=True)
     optimizer = _make_optimizer(list(_trainable(model).values()), config)
@@ -749,13 +839,19 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     model = accelerator.unwrap_model(wrapped)
     params = list(_trainable(model).values())  # FSDP's sharded ones, under FSDP
+    if deepspeed:  # accelerate copies the engine's accumulation here; the loop accumulates
+        accelerator.gradient_accumulation_steps = 1
 
     state: dict[str, Any] = {"step": 0, "examples_seen": 0, "losses": [], "elapsed_s": 0.0}
     resumed_from = None
     if found is not None:
         path, saved = found
-        _load_optimizer(model, optimizer, torch.load(path / "optimizer.pt", map_location="cpu",
-                                                     weights_only=True), sharded)
+        if deepspeed:  # the engine's own state: optimizer partitions and fp32 weights
+            wrapped.load_checkpoint(str(path / "deepspeed"), tag="state",
+                                    load_module_strict=False, load_lr_scheduler_states=False)
+        else:
+            _load_optimizer(model, optimizer, torch.load(
+                path / "optimizer.pt", map_location="cpu", weights_only=True), kind)
         extra = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         scheduler.load_state_dict(extra["scheduler"])
         _set_rng_state(extra["rng"])
@@ -787,9 +883,16 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
                 weight = world / m if part else 0.0
                 batch = _to_device(collate(items), device)
                 last = k == len(parts) - 1
-                with nullcontext() if last else accelerator.no_sync(wrapped):
+                if deepspeed:  # the engine: told where the step ends, not to rescale the loss
+                    wrapped.set_gradient_accumulation_boundary(last)
                     losses, extras = _split_output(loss_fn(wrapped, batch), len(items))
-                    accelerator.backward(losses.sum() * weight)
+                    wrapped.backward(losses.sum() * weight, scale_wrt_gas=False)
+                    if last:
+                        wrapped.step()  # clips to max_grad_norm and steps the optimizer
+                else:
+                    with nullcontext() if last else accelerator.no_sync(wrapped):
+                        losses, extras = _split_output(loss_fn(wrapped, batch), len(items))
+                        accelerator.backward(losses.sum() * weight)
                 # a dummy adds 0, but still adds its keys: every process reduces the same list
                 counted = 1.0 if part else 0.0
                 loss_sum += losses.detach().float().sum() * counted
@@ -797,7 +900,9 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
                     extra_sums[key] = extra_sums.get(key, 0.0) + value.to(device) * counted
 
             max_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
-            if sharded:  # accelerate clips under FSDP only when every parameter trains
+            if deepspeed:  # clipped in the engine's step
+                grad_norm = wrapped.get_global_grad_norm()
+            elif sharded:  # accelerate clips under FSDP only when every parameter trains
                 accelerator.unscale_gradients()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             else:
@@ -819,19 +924,29 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
             done = state["step"] == plan.total_steps
             every = config.checkpoint_every or plan.steps_per_epoch
             if ckdir is not None and (done or state["step"] % every == 0):
-                weights, optimizer_state = _gather_state(model, optimizer, sharded)
+                weights, optimizer_state = _gather_state(model, optimizer, kind, main)
+                engine_dir = None
+                if deepspeed:  # every rank writes its partitions
+                    engine_dir = _engine_staging(ckdir, state["step"])
+                    if main:
+                        shutil.rmtree(engine_dir, ignore_errors=True)
+                    accelerator.wait_for_everyone()
+                    wrapped.save_checkpoint(str(engine_dir), tag="state", save_latest=False)
+                    accelerator.wait_for_everyone()
                 if main:
                     _save_checkpoint(ckdir, weights, optimizer_state, scheduler, {
                         **state, "done": done, "total_steps": plan.total_steps,
                         "fingerprint": fingerprint, "config": dataclasses.asdict(config),
                         "world_size": world, "global_batch": plan.batch,
-                        "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
+                        "time": _dt.datetime.now().astimezone().isoformat(timespec="seconds")},
+                        engine_dir=engine_dir)
                 accelerator.wait_for_everyone()
 
             bar.update(state["step"], loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
             if done or state["step"] % config.log_every == 0:
                 record = {"step": state["step"], "epoch": state["examples_seen"] / plan.n,
-                          "loss": step_loss, "lr": lr, "grad_norm": float(_full(grad_norm)),
+                          "loss": step_loss, "lr": lr,
+                          "grad_norm": math.nan if grad_norm is None else float(_full(grad_norm)),
                           "examples_seen": state["examples_seen"]}
                 record.update({k: float(v) for k, v in zip(keys, totals[1:], strict=True)})
                 if config.report_to != "none":
@@ -849,11 +964,11 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
         # accelerate asks between two trainings; the caller's model object is the trained one
         accelerator.free_memory()
     if sharded:  # every rank gathers each trained tensor into the caller's model
-        trained = _trainable(model)
+        into = _trainable(target)
         with torch.no_grad():
-            for name, p in _trainable(target).items():
-                p.copy_(_full(trained[name]))
-        del model, wrapped, optimizer, trained
+            for name, full in _full_trainable(model, kind):
+                into[name].copy_(full)
+        del model, wrapped, optimizer
         if any(p.device != device for p in target.parameters()):
             target.to(device)
     if config.report_to != "none":

@@ -1,16 +1,21 @@
-"""FSDP2 with the shipped recipes/accelerate/fsdp.yaml, on two CPU processes (torchrun, gloo).
+"""Sharded training with the shipped recipes/accelerate/fsdp.yaml (FSDP2) and
+deepspeed-zero3.yaml (DeepSpeed ZeRO-3), on two CPU processes (torchrun, gloo).
 
-The environment is the one ``accelerate launch --config_file recipes/accelerate/fsdp.yaml``
-gives each process (built with accelerate's own launch code), so the test checks the shipped
-config. A tiny Llama trains with its embeddings frozen (FSDP shards frozen and trainable
-parameters side by side, as under LoRA) and gradient clipping on. What must hold:
+The environment is the one ``accelerate launch --config_file recipes/accelerate/X.yaml`` gives
+each process (built with accelerate's own launch code), so the tests check the shipped configs.
+A tiny Llama trains with its embeddings frozen (frozen and trainable parameters are sharded
+side by side, as under LoRA) and gradient clipping on. What must hold:
 
 - the same global batch trains like one plain process: the same losses, gradient norms and
   final weights, within float tolerance;
 - the caller's model comes back a plain module with the trained weights, so rank 0 alone can
   run it afterwards (a collective there would hang);
-- checkpoints are one format: a run killed under one process resumes under FSDP, and a run
-  killed under FSDP resumes under FSDP, both ending where the uninterrupted run ends.
+- resumption: a run killed under one process resumes under FSDP (one checkpoint format), and
+  a run killed under the sharded launch resumes under it, ending where the uninterrupted run
+  ends. DeepSpeed checkpoints hold the engine's own state: they resume under DeepSpeed only.
+
+DeepSpeed is an optional extra: its tests skip without it, except under ``make test`` (and so
+CI), which installs it and sets W2S_REQUIRE_DEEPSPEED=1.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ SCRIPT = textwrap.dedent("""
     calls, trained_as = [0], set()
     def loss_fn(m, batch):
         calls[0] += 1
-        trained_as.add(type(m.lm_head.weight).__name__)
+        w = m.module.lm_head.weight if hasattr(m, "module") else m.lm_head.weight
+        # FSDP2: a DTensor; ZeRO-3: a parameter whose data is an empty placeholder
+        trained_as.add(type(w).__name__ if w.numel() else "partitioned")
         if calls[0] == crash_at:
             raise RuntimeError("killed")
         ids = batch["input_ids"]
@@ -76,7 +83,8 @@ SCRIPT = textwrap.dedent("""
     kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     from torch.distributed.fsdp import FSDPModule
     plain = not any(isinstance(m, FSDPModule) for m in model.modules())
-    plain = plain and all(type(p) is torch.nn.Parameter for p in model.parameters())
+    plain = plain and all(type(p) is torch.nn.Parameter and p.numel() > 0
+                          for p in model.parameters())
     if rank == 0:  # rank 0 alone: a collective would hang here
         with torch.no_grad():
             alone = model.generate(seqs[0][None, :4], max_new_tokens=4, do_sample=False,
@@ -96,22 +104,44 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def fsdp_env(nproc: int) -> dict[str, str]:
-    """What `accelerate launch --config_file recipes/accelerate/fsdp.yaml` puts in the
+def launch_env(config: str, nproc: int) -> dict[str, str]:
+    """What `accelerate launch --config_file recipes/accelerate/<config>` puts in the
     environment of each process (accelerate's own launch code, no process started)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
     args = launch_command_parser().parse_args([
-        "--config_file", str(ROOT / "recipes/accelerate/fsdp.yaml"),
+        "--config_file", str(ROOT / "recipes/accelerate" / config),
         "--num_processes", str(nproc), "-m", "w2s"])
-    args = _validate_launch_command(args)[0]
-    return {k: v for k, v in prepare_multi_gpu_env(args).items()
-            if k.startswith(("FSDP_", "ACCELERATE_USE_"))}
+    args, defaults, mp_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
+        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        env = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items()
+            if k.startswith(("FSDP_", "ACCELERATE_USE_", "ACCELERATE_DEEPSPEED_",
+                             "ACCELERATE_CONFIG_DS_"))}
+
+
+def fsdp_env(nproc: int) -> dict[str, str]:
+    return launch_env("fsdp.yaml", nproc)
+
+
+def need_deepspeed() -> None:
+    """Skip without DeepSpeed (an optional extra), unless the run requires it (make test)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        if os.environ.get("W2S_REQUIRE_DEEPSPEED") == "1":
+            pytest.fail("W2S_REQUIRE_DEEPSPEED=1 but deepspeed is not installed "
+                        "(pip install -e '.[deepspeed]')")
+        pytest.skip("deepspeed is not installed (pip install -e '.[deepspeed]')")
 
 
 def launch(tmp_path: Path, name: str, nproc: int, micro: int, crash_at: int = 0,
-           precision: str = "no") -> dict | None:
+           precision: str = "no", config: str = "fsdp.yaml") -> dict | None:
     out = tmp_path / name
     out.mkdir(exist_ok=True)
     script = tmp_path / "fsdp_script.py"
@@ -120,7 +150,7 @@ def launch(tmp_path: Path, name: str, nproc: int, micro: int, crash_at: int = 0,
     if nproc == 1:
         cmd = [sys.executable, str(script)]
     else:
-        env.update(fsdp_env(nproc))
+        env.update(launch_env(config, nproc))
         cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                "--master_port", str(_port()), str(script)]
     proc = subprocess.run([*cmd, str(out), str(crash_at), str(micro), precision],
@@ -173,3 +203,25 @@ def test_fsdp_in_bf16_trains_like_one_process_in_bf16(tmp_path):
     assert two["kind"] == "FSDP" and two["trained_as"] == ["DTensor"]
     assert two["losses"] == pytest.approx(one["losses"], abs=2e-2)
     assert one["losses"][-1] < one["losses"][0] - 0.3 and two["plain"]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
+def test_deepspeed_zero3_trains_like_one_process_and_resumes(tmp_path):
+    """ZeRO-3 with the loop driving the engine: micro-batches of 2, two per step, the partial
+    last step of each epoch included; clipping by the engine at max_grad_norm."""
+    need_deepspeed()
+    ds = "deepspeed-zero3.yaml"
+    one = launch(tmp_path, "one", nproc=1, micro=4)
+    two = launch(tmp_path, "ds", nproc=2, micro=2, config=ds)
+    assert two["kind"] == "DEEPSPEED" and two["world_size"] == 2
+    # the engine partitioned the copy's weights (it keeps a gathered one between uses at times)
+    assert "partitioned" in two["trained_as"]
+    assert_same_training(one, two, atol=1e-5)
+    assert two["grad_norms"] == pytest.approx(one["grad_norms"], abs=1e-4)
+    assert two["plain"] and two["generated"] == one["generated"]
+
+    # killed on step 5 (after the step-4 checkpoint), resumed from the engine's state
+    assert launch(tmp_path, "again", nproc=2, micro=2, crash_at=9, config=ds) is None
+    again = launch(tmp_path, "again", nproc=2, micro=2, config=ds)
+    assert again["resumed_from"] == 4
+    assert_same_training(two, again, atol=1e-6)
