@@ -233,9 +233,9 @@ def make_accelerator(config: TrainConfig | None = None, logging_dir: str | Path 
                        f"{config.mixed_precision!r}: {e}") from None
     if kwargs["cpu"] and accelerator.num_processes > 1:
         if _env_flag("ACCELERATE_USE_FSDP"):
-            _fsdp_on_cpu(accelerator)
+            _shard_on_cpu(accelerator, "FSDP")
         elif _env_flag("ACCELERATE_USE_DEEPSPEED"):
-            _deepspeed_on_cpu(accelerator)
+            _shard_on_cpu(accelerator, "DEEPSPEED")
     if _launch_kind(accelerator) == "DEEPSPEED":
         _whole_models_for_transformers()
         accelerator.gradient_accumulation_steps = 1  # the loop accumulates (see train())
@@ -258,26 +258,35 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
 
 
-def _fsdp_on_cpu(accelerator) -> None:
-    """Shard with FSDP2 over gloo on a CPU-only launch, as an FSDP launch asks.
+def _shard_on_cpu(accelerator, kind: str) -> None:
+    """FSDP2 or DeepSpeed over gloo on a CPU-only launch, as the launch asks (``kind``).
 
-    accelerate wires FSDP for GPU launches only and turns a CPU launch into plain data
-    parallelism; torch's FSDP2 (``fully_shard``) runs on CPU too, so w2s switches the shared
-    accelerate state to FSDP with the plugin the launch's ``FSDP_*`` variables describe. This is
-    how the test suite runs the sharded path (``torchrun --nproc_per_node 2`` on CPU)."""
+    accelerate wires both for GPU launches only: on CPU it runs plain data parallelism instead
+    (under DeepSpeed its ranks do not even join). torch's FSDP2 (``fully_shard``) and DeepSpeed's
+    CPU accelerator run on CPU too, so w2s joins the ranks as a plain CPU launch and switches the
+    shared accelerate state to the plugin the launch's ``FSDP_*`` / ``ACCELERATE_DEEPSPEED_*``
+    variables describe. This is how the test suite runs the sharded paths (``torchrun
+    --nproc_per_node 2`` on CPU)."""
+    if kind == "DEEPSPEED":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks one
     from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 
-    state = accelerator.state
-    if state.distributed_type == DistributedType.FSDP:
+    state, target = accelerator.state, DistributedType[kind]
+    if state.distributed_type == target:
         return
-    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment
+    plugin = DeepSpeedPlugin() if kind == "DEEPSPEED" else FullyShardedDataParallelPlugin()
     if str(state.mixed_precision) != "no":
         plugin.set_mixed_precision(str(state.mixed_precision))
-    state.fsdp_plugin = plugin
+    if kind == "DEEPSPEED":
+        state.deepspeed_plugins = {"default": plugin}
+        plugin.select(_from_accelerator_state=True)
+        accelerator.deepspeed_engine_wrapped = None  # what Accelerator() sets up for DeepSpeed
+    else:
+        state.fsdp_plugin = plugin
     # both shared states: a later AcceleratorState() copies the process state over its own
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = target
+    state.distributed_type = target
 
 
 def _whole_models_for_transformers() -> None:
@@ -288,28 +297,6 @@ def _whole_models_for_transformers() -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
-
-
-def _deepspeed_on_cpu(accelerator) -> None:
-    """DeepSpeed over gloo on a CPU-only launch, as a DeepSpeed launch asks: accelerate wires
-    DeepSpeed for GPU launches only (on CPU its ranks do not even join), so w2s joins them as a
-    plain CPU launch and switches the shared state to DeepSpeed with the plugin the launch's
-    ``ACCELERATE_DEEPSPEED_*`` variables describe. DeepSpeed runs on its CPU accelerator."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks one
-    from accelerate.state import PartialState
-    from accelerate.utils import DeepSpeedPlugin, DistributedType
-
-    state = accelerator.state
-    if state.distributed_type == DistributedType.DEEPSPEED:
-        return
-    plugin = DeepSpeedPlugin()  # reads the ACCELERATE_DEEPSPEED_* environment
-    if str(state.mixed_precision) != "no":
-        plugin.set_mixed_precision(str(state.mixed_precision))
-    state.deepspeed_plugins = {"default": plugin}
-    plugin.select(_from_accelerator_state=True)
-    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
-    state.distributed_type = DistributedType.DEEPSPEED
-    accelerator.deepspeed_engine_wrapped = None  # what Accelerator() sets up for DeepSpeed
 
 
 def process_precision(default: str = "no") -> str:
