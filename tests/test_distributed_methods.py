@@ -11,6 +11,7 @@ deepspeed-zero3.yaml's settings. (accelerate launch --cpu
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -129,3 +130,35 @@ def test_wspo_two_processes_one_record_same_curve(launch, wspo_one, tmp_path):
     assert [c[0] for c in c1].count("wspo") == 6 and [c[:3] for c in c1] == [c[:3] for c in c2]
     for a, b in zip(c1, c2, strict=True):
         assert b[3] == pytest.approx(a[3], rel=1e-3, abs=1e-6), (a, b)
+
+
+MACPO = ["macpo", "--weak", "tiny:llama-1x32+toy-preference@5,tiny:gpt2-1x32+toy-preference@5",
+         "--strong", "tiny:llama-2x32+toy-preference@5", "--task", "toy-preference",
+         "--iterations", "1", "--n-train", "24", "--n-test", "6", "--judge", "vader",
+         "--sft-max-steps", "2", "--dpo-max-steps", "2", "--sft-batch-size", "8",
+         "--sft-micro-batch-size", "4", "--dpo-batch-size", "4", "--dpo-micro-batch-size", "2",
+         "--max-new-tokens", "8", "--max-len", "96", "--generation-batch-size", "16"]
+DECEPTION = ["deception", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32",
+             "--task", "toy-harmless", "--n-train", "48", "--n-test", "16", "--max-steps", "2",
+             "--batch-size", "8", "--micro-batch-size", "4", "--lr", "1e-3", "--max-ctx", "48",
+             "--eval-batch-size", "16"]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
+@pytest.mark.parametrize(("args", "launch", "trainings"),
+                         [(MACPO, "deepspeed", 9), (DECEPTION, "fsdp", 5)],
+                         ids=["macpo-deepspeed", "deception-fsdp"])
+def test_the_other_methods_train_under_a_sharded_launch(args, launch, trainings, tmp_path):
+    """MACPO (LoRA agents on shared bases, generation on rank 0 between trainings) under
+    ZeRO-3, deception (reward models) under FSDP: one run record, world_size 2, and every
+    training (MACPO: 6 SFT + 3 DPO; deception: 2 ceilings + 3 W2S) ran its 2 steps."""
+    _run(args, tmp_path, tmp_path / "cache", nproc=2, launch=launch)
+    runs = list((tmp_path / "runs" / args[0]).iterdir())
+    assert len(runs) == 1
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["world_size"] == 2
+    steps: dict[tuple, list[int]] = {}
+    for stage, model, step, loss in _step_losses(runs[0]):
+        assert math.isfinite(loss)
+        steps.setdefault((stage, model), []).append(step)
+    assert len(steps) == trainings and all(s == [1, 2] for s in steps.values()), steps
