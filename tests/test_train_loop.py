@@ -499,6 +499,16 @@ def test_resume_refuses_another_setup(tmp_path):
     frozen.body.requires_grad_(False)
     with pytest.raises(W2SError, match="other trainable parameters"):
         run(frozen, data, cfg(epochs=2, checkpoint_every=1), checkpoint_dir=tmp_path)
+    # a DeepSpeed checkpoint (the engine's state) resumes under DeepSpeed only: refused before
+    # the model is touched
+    engine = read_checkpoint(tmp_path)[0] / "deepspeed"
+    engine.mkdir()
+    model = mlp()
+    before = weights(model)
+    with pytest.raises(W2SError, match="written by a DeepSpeed launch; resume it with that"):
+        run(model, data, cfg(epochs=2, checkpoint_every=1), checkpoint_dir=tmp_path)
+    assert all(torch.equal(weights(model)[k], v) for k, v in before.items())
+    engine.rmdir()
     # settings that do not change what is learned may differ (another GPU count, say)
     result = run(mlp(), data, cfg(epochs=2, checkpoint_every=3, micro_batch_size=4, log_every=2),
                  checkpoint_dir=tmp_path)

@@ -792,14 +792,6 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     from w2s.seeding import seed_everything
 
     seed_everything(config.seed)
-    if found is not None:  # every rank loads the same weights, before DDP or FSDP sees them
-        _load_weights(model, found[0])
-    # FSDP shards a copy: the caller's model stays a plain module, so what follows training
-    # (scoring, generation, often on one rank) needs no collectives; it gets the trained weights
-    # at the end. The copy is whole only until accelerate shards it (a second model's memory
-    # for a moment); then each rank keeps a 1/world_size share of it, its gradients and the
-    # optimizer state, next to the whole model it loaded (see recipes/accelerate/fsdp.yaml).
-    # DeepSpeed does the same with its engine (ZeRO-3 partitions the copy).
     kind = _launch_kind(accelerator)
     sharded, deepspeed = kind in ("FSDP", "DEEPSPEED"), kind == "DEEPSPEED"
     if sharded and any(type(p).__name__ in ("Params4bit", "Int8Params")
@@ -811,6 +803,14 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
         raise W2SError(f"checkpoint {found[0]} was written by a "
                        f"{'DeepSpeed' if not deepspeed else 'non-DeepSpeed'} launch; resume it "
                        f"with that kind of launch, or delete {ckdir} to start over")
+    if found is not None:  # every rank loads the same weights before DDP, FSDP or DeepSpeed
+        _load_weights(model, found[0])
+    # FSDP shards a copy: the caller's model stays a plain module, so what follows training
+    # (scoring, generation, often on one rank) needs no collectives; it gets the trained weights
+    # at the end. The copy is whole only until accelerate shards it (a second model's memory
+    # for a moment); then each rank keeps a 1/world_size share of it, its gradients and the
+    # optimizer state, next to the whole model it loaded (see recipes/accelerate/fsdp.yaml).
+    # DeepSpeed does the same with its engine (ZeRO-3 partitions the copy).
     target, model = model, (copy.deepcopy(model) if sharded else model)
     if kind == "FSDP":
         _reset_wrap_policy(accelerator)
