@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from w2s.train import TrainConfig, lm_loss, make_accelerator, train
+    from w2s.train import TrainConfig, end_launch, lm_loss, make_accelerator, train
 
     out, crash_at = sys.argv[1], int(sys.argv[2])
     rank = int(os.environ.get("RANK", "0"))
@@ -79,7 +79,7 @@ SCRIPT = textwrap.dedent("""
                        accelerator=accelerator, log=records.append)
     except RuntimeError as e:
         assert str(e) == "killed"
-        sys.exit(0)
+        end_launch(0)
     kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     from torch.distributed.fsdp import FSDPModule
     plain = not any(isinstance(m, FSDPModule) for m in model.modules())
@@ -95,6 +95,7 @@ SCRIPT = textwrap.dedent("""
                    "grad_norms": [r["grad_norm"] for r in records],
                    "generated": alone.tolist()}, open(os.path.join(out, "result.json"), "w"))
         torch.save(model.state_dict(), os.path.join(out, "weights.pt"))
+    end_launch(0)
 """)
 
 

@@ -9,6 +9,7 @@ DPO, SimPO and reward modelling (shared by WSPO, MACPO and the deception experim
 from w2s.train.loop import (
     TrainConfig,
     TrainResult,
+    end_launch,
     load_trained,
     lr_lambda,
     make_accelerator,
@@ -29,7 +30,8 @@ from w2s.train.losses import (
 )
 from w2s.train.preference import train_dpo, train_reward_model, train_sft
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_lambda", "make_accelerator", "unwrap",
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_lambda", "make_accelerator", "end_launch",
+           "unwrap",
            "read_checkpoint", "load_trained", "lm_loss", "sft_loss", "dpo_loss", "simpo_loss",
            "wspo_loss", "reward_model_loss", "xent_loss", "logconf_loss", "product_loss",
            "train_sft", "train_dpo", "train_reward_model"]

@@ -71,7 +71,7 @@ from w2s.errors import W2SError, did_you_mean
 from w2s.progress import Bar, progress_enabled
 from w2s.runs import atomic_write_text, content_hash, write_json
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_lambda", "make_accelerator",
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_lambda", "make_accelerator", "end_launch",
            "process_precision", "unwrap", "read_checkpoint", "load_trained"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -246,12 +246,33 @@ def make_accelerator(config: TrainConfig | None = None, logging_dir: str | Path 
 
 
 def _leave_process_group() -> None:
-    """Tear the process group down before the interpreter does: left to interpreter shutdown,
-    gloo's worker threads can outlive it and abort the process (seen under FSDP on CPU)."""
+    """Tear the process group down before the interpreter does (at exit)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_launch(code: int = 0) -> None:
+    """End this process of a multi-process launch with ``code``, skipping interpreter shutdown.
+
+    After a sharded run over gloo (FSDP2 on CPU), interpreter shutdown sometimes aborts in a
+    C++ destructor (SIGABRT, "terminate called without an active exception"), about one launch
+    in 25 here, after every result was written: a finished run would report failure. So a
+    process of a launch tears its process group down, flushes its output and exits at once.
+    ``python -m w2s`` does this; a script that trains under torchrun should end with it. Without
+    a launch (no process group) it is ``sys.exit(code)``.
+    """
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    _leave_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _env_flag(name: str) -> bool:
