@@ -269,6 +269,8 @@ def end_launch(code: int = 0) -> None:
 
     if not (dist.is_available() and dist.is_initialized()):
         sys.exit(code)
+    if code == 0:  # no rank tears down while another is still in a collective
+        dist.barrier()
     _leave_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
