@@ -482,7 +482,7 @@ def test_vllm_backend_generates_every_agent_through_one_lora_engine_per_base(tmp
     monkeypatch.setattr(gen, "vllm_available", lambda: (True, ""))
     monkeypatch.setattr(gen, "_ENGINES", {})
 
-    args = [a for a in TINY]
+    args = list(TINY)
     args[args.index("--weak") + 1], args[args.index("--strong") + 1] = weak, strong
     run_dir = tmp_path / "run"
     assert cli(["macpo", *args, "--iterations", "2", "--backend", "vllm",

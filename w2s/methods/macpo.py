@@ -48,6 +48,7 @@ judging run on the main process while the others wait)::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from w2s.config import option, section, stage_train
@@ -94,8 +95,6 @@ class Generation:
         "help": "vllm: the GPU memory fraction its engines may take (the model being trained "
                 "shares the GPU)"})
 
-
-SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "batch_size", "seed")
 
 
 @dataclass
@@ -285,6 +284,6 @@ def sampling(gen: Generation, seed_offset: int = 0):
     """The :class:`w2s.models.generate.SamplingConfig` of the generation section."""
     from w2s.models.generate import SamplingConfig
 
-    values = {k: getattr(gen, k) for k in SAMPLING_FIELDS}
+    values = {f.name: getattr(gen, f.name) for f in dataclasses.fields(SamplingConfig)}
     values["seed"] = gen.seed + seed_offset
     return SamplingConfig(**values)
