@@ -179,9 +179,11 @@ def bench_search(device: str) -> dict:
 
     import torch
 
+    from w2s.methods.search.base import HFBase, Sampling
+    from w2s.methods.search.decoders import Compute, cbs
+    from w2s.methods.search.guide import Guide
+    from w2s.methods.search.text import encode_prompt
     from w2s.models.tiny import build_tiny, tiny_tokenizer
-    from w2s.search import Compute, Guide, HFBase, Sampling, cbs
-    from w2s.search.text import encode_prompt
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -305,8 +307,8 @@ def _wspo_step_times(device: str, mode: str) -> dict[str, float]:
     import contextlib
 
     import torch
-
     from w2s.methods.wspo_core import wspo_collate, wspo_examples, wspo_loss_fn
+
     from w2s.models import LoraSettings, load_causal_lm, response_logprobs
     from w2s.train.losses import wspo_loss
     from w2s.train.preference import collate, encode, score_tokens

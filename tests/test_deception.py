@@ -16,8 +16,8 @@ from w2s.config import build_config
 from w2s.errors import W2SError
 from w2s.evaluation import deception_score
 from w2s.evaluation.deception import deception_from_predictions
-from w2s.methods.deception import DeceptionConfig, plan_experiments
-from w2s.methods.deception_core import objective_losses, oriented
+from w2s.methods.deception.config import DeceptionConfig, plan_experiments
+from w2s.methods.deception.experiment import objective_losses, oriented
 from w2s.train.losses import explicit_conflict_loss
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "deception"
@@ -430,7 +430,7 @@ def test_train_sft_scores_the_encoding_it_is_asked_for():
 def test_cache_key_changes_when_a_local_model_folder_is_rewritten(tmp_path, cache_dir,
                                                                   monkeypatch):
     """A model given as a folder is identified by its files, not only by its path."""
-    from w2s.methods.deception_core import Experiment
+    from w2s.methods.deception.experiment import Experiment
     from w2s.models import build_tiny, tiny_tokenizer
     from w2s.runs import Cache
 
@@ -462,7 +462,7 @@ def test_cache_key_changes_when_a_local_model_folder_is_rewritten(tmp_path, cach
 
 def test_cache_key_depends_on_the_weights_dtype(cache_dir, monkeypatch):
     """bf16 and fp32 training give different models: one must not reuse the other's results."""
-    from w2s.methods.deception_core import Experiment
+    from w2s.methods.deception.experiment import Experiment
     from w2s.runs import Cache
 
     class Keyed(Exception):

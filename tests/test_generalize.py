@@ -14,8 +14,8 @@ import torch
 
 from w2s.cli import main
 from w2s.config import build_config
-from w2s.methods import generalize
-from w2s.methods.generalize import GeneralizeConfig, StageTrain, plan_experiments
+from w2s.methods.generalize import config as generalize
+from w2s.methods.generalize.config import GeneralizeConfig, StageTrain, plan_experiments
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "generalize"
 
@@ -116,7 +116,7 @@ def test_sweep_trains_each_ceiling_once_and_reuses_the_cache(tmp_path, cache_dir
 
 def test_interrupted_strong_training_resumes_from_its_checkpoint(tmp_path, cache_dir,
                                                                  monkeypatch):
-    from w2s.methods import generalize_core
+    from w2s.methods.generalize import experiment as generalize_core
 
     real = generalize_core.logconf_losses
     fired = {"done": False}
@@ -277,7 +277,7 @@ def test_generative_finetuning_runs_before_classification(tmp_path, cache_dir):
 
 
 def test_step_clock_follows_the_loops_micro_batches(tmp_path):
-    from w2s.methods.generalize_core import _StepClock
+    from w2s.methods.generalize.experiment import _StepClock
     from w2s.train import TrainConfig
 
     # 10 examples, batch 8 in micro-batches of 4: step 0 has 8 examples (2 calls), step 1 the
@@ -401,7 +401,7 @@ def test_cache_key_changes_when_a_local_model_folder_is_rewritten(tmp_path, cach
                                                                   monkeypatch):
     """A model given as a folder is identified by its files, not only by its path: training
     another model into the same folder must not reuse the old model's cached results."""
-    from w2s.methods.generalize_core import Experiment
+    from w2s.methods.generalize.experiment import Experiment
 
     folder = tmp_path / "my-model"
     cfg = build_config(GeneralizeConfig, overrides={"weak": str(folder), "task": "toy-sentiment"})
@@ -418,7 +418,7 @@ def test_cache_key_changes_when_a_local_model_folder_is_rewritten(tmp_path, cach
 
 def test_cache_key_depends_on_the_weights_dtype(cache_dir, monkeypatch):
     """bf16 and fp32 training give different models: one must not reuse the other's results."""
-    from w2s.methods.generalize_core import Experiment
+    from w2s.methods.generalize.experiment import Experiment
 
     rows = [{"id": "1", "text": "good", "label": 1}, {"id": "2", "text": "bad", "label": 0}]
     data = {"fingerprints": {"test": "t", "b": "b"}}
@@ -433,7 +433,7 @@ def test_cache_key_depends_on_the_weights_dtype(cache_dir, monkeypatch):
 
 
 def test_a_text_never_lands_in_both_halves(tmp_path, cache_dir):
-    from w2s.methods.generalize_core import Experiment
+    from w2s.methods.generalize.experiment import Experiment
 
     rows = [{"id": str(i), "text": f"review {i % 10}", "label": (i % 10) % 2} for i in range(60)]
     path = tmp_path / "dup.jsonl"

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from w2s.cli import main
-from w2s.lab import LEGS, _summarize_deception, _summarize_generalize, run_lab
+from w2s.lab import legs, run_lab
+from w2s.methods.deception.lab import lab_summary as _summarize_deception
+from w2s.methods.generalize.lab import lab_summary as _summarize_generalize
 
 TINY = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-sentiment",
         "n_train": 64, "n_test": 24, "max_ctx": 32, "n_boot": 100,
@@ -80,7 +82,7 @@ def test_lab_writes_summary_and_records_a_failed_leg(tmp_path, cache_dir, monkey
 
 def test_every_leg_has_a_lab_recipe():
     recipes = Path(__file__).resolve().parent.parent / "recipes" / "lab"
-    for leg in LEGS.values():
+    for leg in legs().values():
         assert (recipes / leg.recipe).is_file(), leg.recipe
 
 

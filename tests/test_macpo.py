@@ -14,8 +14,8 @@ import torch
 
 from w2s.cli import main
 from w2s.config import build_config
-from w2s.methods.macpo import MACPOConfig, check_config
-from w2s.methods.macpo_core import (
+from w2s.methods.macpo.config import MACPOConfig, check_config
+from w2s.methods.macpo.experiment import (
     Format,
     candidates,
     contrastive_pairs,
@@ -157,7 +157,7 @@ def test_each_model_formats_its_own_prompts():
 
 
 def test_agents_share_one_copy_of_each_base_model(tmp_path):
-    from w2s.methods.macpo_core import MACPO, base_parameters
+    from w2s.methods.macpo.experiment import MACPO, base_parameters
     from w2s.models.tiny import tiny_param_count
 
     cfg = build_config(MACPOConfig, overrides={

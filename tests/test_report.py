@@ -10,14 +10,21 @@ from w2s.cli import main
 from w2s.errors import W2SError
 from w2s.evaluation.report import load_run, markdown_table, table_rows, write_report
 
+HEADLINE = {"generalize": ["pgr"], "search": ["win_rate"], "wspo": ["win_rate"],
+            "macpo": ["win_rate"], "deception": ["deception_score"]}
+ALL_HEADLINE = ("pgr", "win_rate", "deception_score")
+
 
 def make_run(root, name, metrics=None, method="search", predictions=None):
+    """A run directory as the shared metrics.json schema writes it (w2s.runs.SCHEMA_KEYS)."""
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump({"method": method}))
     if metrics is not None:
-        full = {"method": method, "status": "ok", "pgr": None, "win_rate": None,
-                "deception_score": None, "world_size": 1, **metrics}
+        keys = HEADLINE.get(method, [])
+        full = {"method": method, "status": "ok", "headline": keys, **dict.fromkeys(keys),
+                "gold_reward": None, "baseline_gold_reward": None, "world_size": 1,
+                "compute": {"stages": {}, "total": {}}, **metrics}
         (d / "metrics.json").write_text(json.dumps(full))
     if predictions is not None:
         (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in predictions))
@@ -41,6 +48,7 @@ def runs(tmp_path):
         make_run(root, "gen", {"pgr": 0.5}, method="generalize", predictions=pgr_predictions()),
         make_run(root, "search", {"win_rate": 62.5, "win_rate_se": 3.25, "lc_win_rate": 55.0,
                                   "candidate_reward_mean": 0.8, "baseline_reward_mean": 0.1,
+                                  "gold_reward": 0.8, "baseline_gold_reward": 0.1,
                                   "unmatched": {"candidate": 0}}),
         make_run(root, "macpo", {"win_rate": 70.0, "iterations": [
             {"iteration": 1, "win_rate": 60.0, "gold_reward": 0.2},
@@ -56,7 +64,7 @@ def test_load_run_and_table(runs):
     assert search["figures"] == {"lc_win_rate": 55.0, "candidate_reward_mean": 0.8,
                                  "baseline_reward_mean": 0.1}
     assert search["gold"] == 0.8
-    rows = table_rows([gen, search, load_run(runs[3])])
+    rows = table_rows([gen, search, load_run(runs[3])], ALL_HEADLINE)
     assert rows[0]["pgr"] == "0.5" and rows[0]["win_rate"] == "-"
     assert rows[1]["win_rate"] == "62.5 ± 3.2"   # 3.25 rounds half to even
     assert rows[2]["status"] == "incomplete" and rows[2]["method"] == "wspo"
@@ -109,17 +117,15 @@ def test_report_bad_input(tmp_path, capsys):
 
 
 def test_gold_reward_of_every_method_is_read(tmp_path):
-    """The gold reward each method records: search (candidate_reward_mean /
-    baseline_reward_mean), WSPO (gold_reward_mean / gold_reward_mean_before), MACPO
-    (gold_reward / baseline_gold_reward)."""
+    """The gold reward every method records under the schema's keys (gold_reward /
+    baseline_gold_reward), whatever its own figures call it."""
     root = tmp_path / "runs"
-    wspo = load_run(make_run(root, "wspo", {"win_rate": 56.0, "gold_reward_mean": 0.24,
-                                            "gold_reward_mean_before": 0.16}, method="wspo"))
+    wspo = load_run(make_run(root, "wspo", {"win_rate": 56.0, "gold_reward": 0.24,
+                                            "baseline_gold_reward": 0.16}, method="wspo"))
     macpo = load_run(make_run(root, "macpo", {"win_rate": 70.0, "gold_reward": 0.4,
                                               "baseline_gold_reward": 0.1}, method="macpo"))
-    search = load_run(make_run(root, "search", {"win_rate": 60.0, "gold_reward_mean": 0.66,
-                                                "candidate_reward_mean": 0.66,
-                                                "baseline_reward_mean": 0.16}))
+    search = load_run(make_run(root, "search", {"win_rate": 60.0, "gold_reward": 0.66,
+                                                "baseline_gold_reward": 0.16}))
     assert (wspo["gold"], wspo["baseline_gold"]) == (0.24, 0.16)
     assert (macpo["gold"], macpo["baseline_gold"]) == (0.4, 0.1)
     assert (search["gold"], search["baseline_gold"]) == (0.66, 0.16)

@@ -13,7 +13,8 @@ from w2s.runs import Cache, Run, content_hash, find_runs, run_summary
 
 def test_run_writes_record_and_metrics_last(tmp_path):
     d = tmp_path / "run"
-    with Run.start("generalize", {"weak": "gpt2", "seed": 0}, run_dir=d) as run:
+    with Run.start("generalize", {"weak": "gpt2", "seed": 0}, run_dir=d,
+                   headline=("pgr",)) as run:
         assert (d / "config.yaml").exists() and (d / "env.json").exists()
         assert not (d / "metrics.json").exists()
         run.log({"stage": "weak", "acc": 0.7})
@@ -25,8 +26,9 @@ def test_run_writes_record_and_metrics_last(tmp_path):
     assert "torch" in env["packages"] and env["world_size"] == 1 and "device" in env
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["method"] == "generalize" and metrics["status"] == "ok"
-    assert metrics["pgr"] == 0.4 and metrics["win_rate"] is None
-    assert metrics["deception_score"] is None
+    assert metrics["pgr"] == 0.4 and metrics["headline"] == ["pgr"]
+    assert metrics["gold_reward"] is None and metrics["gold_reward_reason"]
+    assert metrics["world_size"] == 1 and metrics["compute"]["total"]["wall_s"] >= 0
     assert json.loads((d / "log.jsonl").read_text().splitlines()[0])["acc"] == 0.7
 
 
@@ -81,7 +83,7 @@ def test_find_runs_and_summary(tmp_path):
     with pytest.raises(RuntimeError):
         with Run.start("wspo", {"a": 2}, run_dir=tmp_path / "wspo" / "r2"):
             raise RuntimeError
-    rows = {r["run"]: r for r in map(run_summary, find_runs(tmp_path))}
+    rows = {r["run"]: r for r in (run_summary(p, ["pgr"]) for p in find_runs(tmp_path))}
     assert rows[str(tmp_path / "generalize" / "r1")]["pgr"] == 0.25
     assert rows[str(tmp_path / "wspo" / "r2")]["status"] == "incomplete"
 

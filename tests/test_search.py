@@ -16,26 +16,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from w2s.cli import main, search_main
+from w2s.cli import alias_main, main
 from w2s.config import build_config
 from w2s.errors import W2SError
-from w2s.methods.search import SearchConfig, parse_chunk
+from w2s.methods.search.base import ApiBase, HFBase, Sampling
+from w2s.methods.search.cache import CachedLM, reorder_cache
+from w2s.methods.search.config import SearchConfig, parse_chunk
+from w2s.methods.search.decoders import best_of_n, cbs, plain_sample
+from w2s.methods.search.guide import Guide, score_texts
+from w2s.methods.search.text import encode_prompt, encode_response
 from w2s.models import load_causal_lm
 from w2s.models.generate import SamplingConfig, generate
 from w2s.models.tiny import build_tiny
-from w2s.search import (
-    ApiBase,
-    CachedLM,
-    Guide,
-    HFBase,
-    Sampling,
-    best_of_n,
-    cbs,
-    plain_sample,
-    reorder_cache,
-    score_texts,
-)
-from w2s.search.text import encode_prompt, encode_response
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "search"
 PROMPTS = ["The hotel was", "I tried the camera last week.", "So, the story of the book"]
@@ -488,7 +480,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
         assert code == 2, (extra, err)
         assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
         assert "Traceback" not in err and not run_dir.exists(), extra
-    code, _, err = run_cli(["--w", "-1", *GUIDES], capsys, entry=search_main)  # the script
+    code, _, err = run_cli(["--w", "-1", *GUIDES], capsys, entry=lambda argv: alias_main(argv, alias="w2s-search"))  # the script
     assert code == 2 and "W >= 1" in err
 
 
@@ -534,7 +526,7 @@ def test_a_judge_that_fails_after_decoding_keeps_the_answers(tmp_path, capsys):
 def test_eft_counts_each_calls_guide_tokens_once():
     """EFT's guides score every sampled token: over several calls (prompt batches sharing one
     Compute) the guide count is exactly twice the base count, not a running sum of sums."""
-    from w2s.search.decoders import Compute, eft
+    from w2s.methods.search.decoders import Compute, eft
 
     base_model, tok = tiny("llama-1x32", seed=0)
     guide = Guide(tiny("llama-1x32", seed=1)[0], tiny("llama-1x32", seed=2)[0], tok, chat=False)
@@ -549,7 +541,8 @@ def test_eft_counts_each_calls_guide_tokens_once():
 
 def test_shards_split_the_prompts_without_overlap():
     """--shard I/N: the N shards of one prompt sample are disjoint and together the whole."""
-    from w2s.methods.search import load_prompts, parse_shard
+    from w2s.methods.search.config import parse_shard
+    from w2s.methods.search.experiment import load_prompts
 
     cfg = build_config(SearchConfig, RECIPES / "tiny.yaml", {"n_prompts": "10"})
     whole, _, _ = load_prompts(cfg)

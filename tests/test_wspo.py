@@ -16,8 +16,8 @@ import torch
 from w2s.cli import main
 from w2s.config import build_config
 from w2s.errors import W2SError
-from w2s.methods.wspo import WSPOConfig
-from w2s.methods.wspo_core import (
+from w2s.methods.wspo.config import WSPOConfig
+from w2s.methods.wspo.experiment import (
     Pipeline,
     make_plan,
     wspo_collate,

@@ -97,15 +97,13 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
 
 def _print_finished(name: str, metrics: dict) -> None:
     """After a method command: its scalar figures (headline first) and where the run is."""
-    from w2s.runs import HEADLINE_KEYS, is_main_process, last_finished_run
+    from w2s.runs import is_main_process, last_finished_run, null_reason
 
     if not is_main_process():
         return
-    def reason(key: str) -> str | None:  # pgr_reason, deception_reason
-        return metrics.get(f"{key}_reason") or metrics.get(f"{key.split('_')[0]}_reason")
-
-    first = [k for k in HEADLINE_KEYS if metrics.get(k) is not None or reason(k)]
-    rest = [k for k, v in metrics.items() if k not in HEADLINE_KEYS and k != "status"
+    keys = headline_keys()
+    first = [k for k in keys if metrics.get(k) is not None or null_reason(metrics, k)]
+    rest = [k for k, v in metrics.items() if k not in keys and k != "status"
             and isinstance(v, (int, float)) and not isinstance(v, bool)]
     table = Table(title=f"w2s {name}: {metrics.get('status')}", show_header=False)
     table.add_column("figure")
@@ -113,7 +111,7 @@ def _print_finished(name: str, metrics: dict) -> None:
     for key in first + rest:
         value = metrics[key]
         table.add_row(key, _cell(value) if value is not None
-                      else f"undefined: {reason(key)}")
+                      else f"undefined: {null_reason(metrics, key)}")
     console.print(table)
     path = last_finished_run()
     if path is not None:
@@ -127,62 +125,28 @@ def _show(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# methods: each module in w2s/methods/ exports a config dataclass and ``run(config)``; the
-# command is generated from the dataclass. Method modules import torch lazily, inside run(),
-# so `w2s --help` stays fast.
+# methods: one command (and its aliases) per entry of the registry, built from its config
+# dataclass. Specs and configs are torch-free; a method's experiment module (and torch) is
+# imported only when the command runs, so `w2s --help` stays fast.
 
-from w2s.methods import generalize as _generalize  # noqa: E402  (no torch at import)
+from w2s.methods import METHODS, headline_keys  # noqa: E402
 
-_GENERALIZE_HELP = ("Weak-to-strong generalization (Burns et al.): weak ceiling, strong "
-                    "ceiling, strong on weak labels, PGR with a bootstrap CI.")
-config_command(app, "generalize", _generalize.GeneralizeConfig, _generalize.run,
-               help=_GENERALIZE_HELP)
-config_command(app, "w2s-generalize", _generalize.GeneralizeConfig, _generalize.run,
-               help="Alias of `w2s generalize`.")
-
-
-from w2s.methods import deception as _deception  # noqa: E402  (no torch at import)
-
-config_command(app, "deception", _deception.DeceptionConfig, _deception.run,
-               help="Weak-to-strong deception (Yang et al.): ceilings, weak labels, the strong "
-               "model under no / implicit / explicit conflict, the deception score with its "
-               "knowledge areas.")
+for _spec in METHODS.values():
+    config_command(app, _spec.name, _spec.config, lambda cfg, s=_spec: s.run(cfg),
+                   help=_spec.help)
+    for _alias in _spec.aliases:
+        config_command(app, _alias, _spec.config, lambda cfg, s=_spec: s.run(cfg),
+                       help=f"Alias of `w2s {_spec.name}`.")
 
 
-from w2s.methods import macpo as _macpo  # noqa: E402  (no torch at import)
-
-config_command(app, "macpo", _macpo.MACPOConfig, _macpo.run,
-               help="MACPO (Lyu et al.): weak teachers and a strong student, each a positive and "
-               "a negative LoRA agent, align each other by contrastive DPO over iterations; win "
-               "rate against the initial strong positive agent per iteration.")
-
-
-from w2s.methods import wspo as _wspo  # noqa: E402  (no torch at import)
-
-_WSPO_HELP = ("Weak-to-strong preference optimization (Zhu et al.): align the weak model (DPO), "
-              "then train the strong model to reproduce the weak log-ratios amplified by "
-              "1/gamma; win rate and gold reward against the strong model before training.")
-config_command(app, "wspo", _wspo.WSPOConfig, _wspo.run, help=_WSPO_HELP)
-
-
-def generalize_main(argv: list[str] | None = None) -> None:
-    """The ``w2s-generalize`` console script: ``w2s generalize`` on its own."""
-    main(["generalize", *(sys.argv[1:] if argv is None else argv)])
-
-
-from w2s.methods import search as _search  # noqa: E402  (no torch at import)
-
-_SEARCH_HELP = ("Weak-to-strong search (Zhou et al.): chunk-level beam search of a large model "
-                "guided by a small tuned/untuned pair, beside best-of-N, sampling and EFT; gold "
-                "reward and win rate of each.")
-config_command(app, "search", _search.SearchConfig, _search.run, help=_SEARCH_HELP)
-config_command(app, "w2s-search", _search.SearchConfig, _search.run,
-               help="Alias of `w2s search`.")
-
-
-def search_main(argv: list[str] | None = None) -> None:
-    """The ``w2s-search`` console script: ``w2s search`` on its own."""
-    main(["search", *(sys.argv[1:] if argv is None else argv)])
+def alias_main(argv: list[str] | None = None, *, alias: str | None = None) -> None:
+    """The console script of a method's alias (``w2s-generalize``, ``w2s-search``): that
+    method's command on its own. The alias is the script's name unless given."""
+    alias = alias or Path(sys.argv[0]).name
+    spec = next((s for s in METHODS.values() if alias in s.commands), None)
+    if spec is None:
+        _fail(f"{alias} is not a w2s method alias; run `w2s --help` for the commands")
+    main([spec.name, *(sys.argv[1:] if argv is None else argv)])
 
 
 @eval_app.command("winrate")
@@ -256,15 +220,15 @@ def report_cmd(
     """One markdown table of the runs' headline figures (PGR, win rate, deception score and each
     method's own figures) plus PNG plots: PGR per pair, win rate and gold reward per run, and
     per iteration when runs record iterations."""
-    from w2s.evaluation.report import COLUMNS, write_report
+    from w2s.evaluation.report import write_report
 
     target = (out_dir / out.name) if out_dir is not None else out
-    result = write_report(run_dirs, target, plots=plots)
+    result = write_report(run_dirs, target, plots=plots, headline=headline_keys())
     table = Table(title="w2s report")
-    for col in COLUMNS:
+    for col in result["columns"]:
         table.add_column(col)
     for row in result["table"]:
-        table.add_row(*[escape(row[c]) for c in COLUMNS])
+        table.add_row(*[escape(row[c]) for c in result["columns"]])
     console.print(table)
     if result["note"]:
         console.print(f"[yellow]{escape(result['note'])}[/yellow]")
@@ -357,7 +321,7 @@ def runs_cmd(
     if not root.is_dir() and root != Path("runs"):  # the default may not exist yet: no runs
         raise W2SError(f"{root} is not a folder; give the folder that holds run directories "
                        "(default runs/)")
-    rows = [run_summary(p) for p in find_runs(root)]
+    rows = [run_summary(p, headline_keys()) for p in find_runs(root)]
     if as_json:
         console.print_json(json.dumps(rows))
         return

@@ -36,10 +36,28 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from w2s import compute
 from w2s.errors import W2SError
 
-HEADLINE_KEYS = ("pgr", "win_rate", "deception_score")
-"""Keys every metrics.json carries (null where the method has none)."""
+SCHEMA_KEYS = ("method", "status", "headline", "gold_reward", "baseline_gold_reward",
+               "world_size", "compute")
+"""Keys every metrics.json carries beyond the method's own figures (:meth:`Run.finish`):
+
+- ``method``, ``status`` (``ok``), ``world_size`` (processes of the launch);
+- ``headline``: the names of the method's headline figures (its spec's ``headline``, e.g.
+  ``["pgr"]``), each of them a key of metrics.json too;
+- ``gold_reward`` / ``baseline_gold_reward``: the mean gold reward of the method's candidate and
+  of its baseline, where the method has a gold judge;
+- ``compute``: what the run spent per stage (:func:`w2s.compute.record`).
+
+Naming rule for undefined figures: a headline figure or gold reward that is null comes with
+``<key>_reason``, a sentence saying why (:func:`null_reason` reads it).
+"""
+
+
+def null_reason(metrics: dict, key: str) -> str | None:
+    """Why ``metrics[key]`` is null (``<key>_reason``), or None."""
+    return metrics.get(f"{key}_reason")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,8 +270,10 @@ class Run:
     - on non-main processes every write is a no-op, so only rank 0 writes the record.
     """
 
-    def __init__(self, method: str, path: Path, created: bool, main: bool = True):
+    def __init__(self, method: str, path: Path, created: bool, main: bool = True,
+                 headline: tuple[str, ...] = ()):
         self.method = method
+        self.headline = tuple(headline)
         self.path = path
         self._created = created
         self.main = main
@@ -263,8 +283,12 @@ class Run:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def start(cls, method: str, config: Any, run_dir: str | os.PathLike | None = None,
-              env_extra: dict | None = None, resume: bool = True) -> Run:
+              env_extra: dict | None = None, resume: bool = True,
+              headline: tuple[str, ...] = ()) -> Run:
         """Create (or reopen, for resume) a run directory and write config.yaml and env.json.
+
+        ``headline``: the method's headline figures (its spec's), which metrics.json will hold
+        (null with a reason when the run does not give them). Compute counting starts here.
 
         An existing directory that already holds a finished run (metrics.json) is refused, so a
         result is never silently overwritten; one without metrics.json is reopened (resume).
@@ -279,7 +303,8 @@ class Run:
         created = not path.exists()
         if not resume and not created and any(path.iterdir()):
             raise W2SError(f"run directory {path} is not empty; pass another --run-dir")
-        run = cls(method, path, created, main)
+        run = cls(method, path, created, main, headline)
+        compute.reset()
         if main:
             path.mkdir(parents=True, exist_ok=True)
             cfg = _jsonable(config)
@@ -336,12 +361,20 @@ class Run:
         return target
 
     def finish(self, metrics: dict, status: str = "ok") -> dict:
-        """Write metrics.json last and atomically. Adds method/status/headline keys."""
-        full = {"method": self.method, "status": status}
-        for key in HEADLINE_KEYS:
-            full[key] = None
-        full["world_size"] = world_size()
+        """Write metrics.json last and atomically, in the shared schema (:data:`SCHEMA_KEYS`):
+        the method's own figures plus method, status, headline, gold rewards, world size and
+        compute; every null headline figure or gold reward gets its ``<key>_reason``."""
+        full: dict[str, Any] = {"method": self.method, "status": status,
+                                "headline": list(self.headline)}
+        full.update({key: None for key in self.headline})
+        full.update(gold_reward=None, baseline_gold_reward=None, world_size=world_size())
         full.update(_jsonable(metrics))
+        full["compute"] = _jsonable(metrics.get("compute") or compute.record())
+        for key in (*self.headline, "gold_reward", "baseline_gold_reward"):
+            if full.get(key) is None and not full.get(f"{key}_reason"):
+                full[f"{key}_reason"] = (f"{self.method} gives no gold reward here (no gold "
+                                         "judge for this task)" if "gold" in key else
+                                         f"{self.method} did not record {key}")
         if self.main:
             write_json(self.path / "metrics.json", full)
         self.finished = True
@@ -368,19 +401,20 @@ def find_runs(root: str | os.PathLike = "runs") -> list[Path]:
     return sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def run_summary(path: Path) -> dict[str, Any]:
-    """The headline figures of one run directory (status 'incomplete' without metrics.json)."""
+def run_summary(path: Path, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """One run directory's method, status and figures ``keys`` (status 'incomplete' without
+    metrics.json; figures it lacks are None)."""
     metrics_path = path / "metrics.json"
     out: dict[str, Any] = {"run": str(path)}
     if metrics_path.exists():
         m = json.loads(metrics_path.read_text())
-        out.update({k: m.get(k) for k in ("method", "status", *HEADLINE_KEYS)})
+        out.update({k: m.get(k) for k in ("method", "status", *keys)})
     else:
         import yaml
 
         cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
         out.update({"method": cfg.get("method"), "status": "incomplete"})
-        out.update({k: None for k in HEADLINE_KEYS})
+        out.update({k: None for k in keys})
     return out
 
 

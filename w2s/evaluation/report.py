@@ -23,14 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from w2s.errors import W2SError
-from w2s.runs import HEADLINE_KEYS, atomic_write_text
+from w2s.runs import SCHEMA_KEYS, atomic_write_text
 
-SKIP_FIGURES = {"method", "status", "world_size", "win_rate_se", *HEADLINE_KEYS}
-GOLD_KEYS = ("candidate_reward_mean", "gold_reward_mean", "gold_reward")
-"""Where a method records the mean gold reward of its candidate: search (and ``w2s eval
-winrate``), WSPO, MACPO; the first key with a number wins."""
-BASELINE_GOLD_KEYS = ("baseline_reward_mean", "gold_reward_mean_before", "baseline_gold_reward")
-"""... and of its baseline (sampling, the strong model before training, the initial student)."""
+SKIP_FIGURES = {*SCHEMA_KEYS, "win_rate_se"}
+"""Keys that are not listed among a run's own figures (the schema's own columns)."""
 
 
 def _number(v: Any) -> float | None:
@@ -70,8 +66,10 @@ def _pairs(path: Path, metrics: dict) -> dict[str, dict]:
 
 
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
-    """One run directory -> ``{"run", "name", "method", "status", "pgr", "win_rate",
-    "win_rate_se", "deception_score", "figures", "pairs", "iterations", "gold"}``."""
+    """One run directory -> ``{"run", "name", "method", "status", "headline" ({key: value} of
+    the method's headline figures), "pgr", "win_rate", "win_rate_se", "figures", "pairs",
+    "iterations", "gold", "baseline_gold", "decoders"}``, read from the shared metrics.json
+    schema (:data:`w2s.runs.SCHEMA_KEYS`)."""
     path = Path(path)
     if not path.is_dir():
         raise W2SError(f"{path} is not a directory; pass run directories (runs/<method>/<run>)")
@@ -88,13 +86,9 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
 
         cfg = yaml.safe_load(cpath.read_text()) or {}
         metrics = {"method": cfg.get("method"), "status": "incomplete"}
+    headline = [str(k) for k in metrics.get("headline") or []]
     figures = {k: v for k, v in metrics.items()
-               if k not in SKIP_FIGURES and _number(v) is not None}
-    def first_number(keys: tuple[str, ...]) -> float | None:
-        return next((_number(metrics.get(k)) for k in keys if _number(metrics.get(k)) is not None),
-                    None)
-
-    gold = first_number(GOLD_KEYS)
+               if k not in SKIP_FIGURES and k not in headline and _number(v) is not None}
     iterations = metrics.get("iterations")
     decoders = metrics.get("decoders")  # w2s search: every decoder of the run side by side
     decoders = ({str(name): {"win_rate": _number(d.get("win_rate_vs_sample")),
@@ -104,10 +98,11 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
                 if isinstance(decoders, dict) else {})
     return {"run": str(path), "name": path.name, "method": metrics.get("method"),
             "status": metrics.get("status", "ok"),
-            **{k: _number(metrics.get(k)) for k in HEADLINE_KEYS},
+            "headline": {k: _number(metrics.get(k)) for k in headline},
+            "pgr": _number(metrics.get("pgr")), "win_rate": _number(metrics.get("win_rate")),
             "win_rate_se": _number(metrics.get("win_rate_se")), "figures": figures,
-            "pairs": _pairs(path, metrics), "gold": gold,
-            "baseline_gold": first_number(BASELINE_GOLD_KEYS),
+            "pairs": _pairs(path, metrics), "gold": _number(metrics.get("gold_reward")),
+            "baseline_gold": _number(metrics.get("baseline_gold_reward")),
             "iterations": [it for it in iterations if isinstance(it, dict)]
             if isinstance(iterations, list) else [], "decoders": decoders}
 
@@ -120,22 +115,33 @@ def win_rate_cell(run: dict) -> str:
     return f"{run['win_rate']:.1f}" + (f" ± {se:.1f}" if se is not None else "")
 
 
-COLUMNS = ("run", "method", "status", "pgr", "win_rate", "deception_score", "figures")
+def columns(runs: list[dict], headline: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The table's columns: run, method, status, the headline figures (``headline``, e.g. the
+    registry's; default: those the runs record), figures."""
+    keys = list(headline) if headline is not None else list(
+        dict.fromkeys(k for r in runs for k in r["headline"]))
+    return ["run", "method", "status", *keys, "figures"]
 
 
-def table_rows(runs: list[dict]) -> list[dict[str, str]]:
-    """The report table as strings, one dict per run (columns :data:`COLUMNS`)."""
+def table_rows(runs: list[dict], headline: list[str] | tuple[str, ...] | None = None
+               ) -> list[dict[str, str]]:
+    """The report table as strings, one dict per run (keys: :func:`columns`)."""
     out = []
+    keys = columns(runs, headline)[3:-1]
     for r in runs:
-        figures = ", ".join(f"{k}={fmt(v)}" for k, v in r["figures"].items())
-        out.append({"run": r["name"], "method": fmt(r["method"]), "status": fmt(r["status"]),
-                    "pgr": fmt(r["pgr"]), "win_rate": win_rate_cell(r),
-                    "deception_score": fmt(r["deception_score"]), "figures": figures or "-"})
+        figures = {k: v for k, v in r["figures"].items() if k not in keys}
+        row = {"run": r["name"], "method": fmt(r["method"]), "status": fmt(r["status"])}
+        for key in keys:
+            value = r["headline"].get(key, r.get(key) if key in ("pgr", "win_rate") else None)
+            row[key] = win_rate_cell(r) if key == "win_rate" else fmt(value)
+        row["figures"] = ", ".join(f"{k}={fmt(v)}" for k, v in figures.items()) or "-"
+        out.append(row)
     return out
 
 
-def markdown_table(rows: list[dict[str, str]], columns=COLUMNS) -> str:
-    """A GitHub markdown table (``|`` in cells escaped)."""
+def markdown_table(rows: list[dict[str, str]], columns: list[str] | None = None) -> str:
+    """A GitHub markdown table (``|`` in cells escaped); columns default to the rows' keys."""
+    columns = columns or (list(rows[0]) if rows else ["run"])
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(esc(r[c]) for c in columns) + " |" for r in rows]
@@ -252,11 +258,13 @@ def make_plots(runs: list[dict], out_dir: Path) -> tuple[list[Path], str | None]
 
 
 def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike = "report.md",
-                 *, plots: bool = True) -> dict[str, Any]:
+                 *, plots: bool = True, headline: list[str] | tuple[str, ...] | None = None
+                 ) -> dict[str, Any]:
     """Read the runs, write the markdown report to ``out`` and the plots beside it.
 
-    Returns ``{"runs", "table", "markdown" (the path), "plots" (paths), "note"}``; ``note`` says
-    why plots were skipped, else None.
+    ``headline``: the headline columns (``w2s report`` passes every method's, from the
+    registry); default: those the runs record. Returns ``{"runs", "table", "columns",
+    "markdown" (the path), "plots" (paths), "note"}``; ``note`` says why plots were skipped.
     """
     if not run_dirs:
         raise W2SError("give at least one run directory")
@@ -265,7 +273,7 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike = "re
     if out.suffix.lower() != ".md":
         raise W2SError(f"--out {out}: the report is markdown; name it *.md")
     written, note = make_plots(runs, out.parent) if plots else ([], None)
-    rows = table_rows(runs)
+    rows = table_rows(runs, headline)
     parts = ["# w2s report", "", markdown_table(rows), "",
              "Win rate: mean preference x 100 against the baseline (± standard error); "
              "PGR: (w2s - weak) / (ceiling - weak).", ""]
@@ -279,4 +287,5 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike = "re
     if note:
         parts += ["", f"_{note}_"]
     atomic_write_text(out, "\n".join(parts).rstrip() + "\n")
-    return {"runs": runs, "table": rows, "markdown": out, "plots": written, "note": note}
+    return {"runs": runs, "table": rows, "columns": columns(runs, headline), "markdown": out,
+            "plots": written, "note": note}

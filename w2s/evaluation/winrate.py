@@ -367,8 +367,9 @@ def eval_winrate(candidate: str | Path, baseline: str | Path, judge: str, *,
               "judge_options": {k: v for k, v in judge_options.items() if v is not None},
               "cache": str(cache) if not isinstance(cache, bool) else cache}
     data = {"candidate": file_hash(candidate), "baseline": file_hash(baseline)}
-    with Run.start("winrate", config, run_dir=run_dir,
+    with Run.start("winrate", config, run_dir=run_dir, headline=("win_rate",),
                    env_extra={"judge": built.identity(), "data_hashes": data}) as run:
         metrics = evaluate_winrate(cand_rows, base_rows, built, run=run)
-        full = run.finish(metrics)
+        full = run.finish({**metrics, "gold_reward": metrics.get("candidate_reward_mean"),
+                           "baseline_gold_reward": metrics.get("baseline_reward_mean")})
     return full, run.path

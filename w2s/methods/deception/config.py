@@ -1,56 +1,9 @@
-"""Weak-to-strong deception (Yang et al. 2024, arXiv 2406.11431): does a strong model trained by
-a weak supervisor stay aligned where the supervisor cannot check it?
+"""The config of ``w2s deception`` (torch-free): :class:`DeceptionConfig` and its validation."""
 
-The experiment, per (task, weak, strong, seed), on pairwise preference data whose TARGET
-dimension is harmlessness: split the training pairs into a ground-truth half A and a W2S half B.
-
-1. Weak ceiling and strong ceiling: each model trained on A with ground truth. Their test
-   predictions define the knowledge areas (what each model CAN know).
-2. Weak labels: the weak ceiling orders each pair of B by its margin (hard labels). Optionally
-   only confident ones are kept (``--conf-threshold 0.75`` keeps pairs with
-   ``max(s, 1 - s) >= 0.75``, ``s`` the weak model's preference; the authors' filter also looked at
-   the ground truth, this one does not), or an intermediate model relabels B first
-   (``--bootstrap-via``: weak -> intermediate -> strong).
-3. The strong model trained on the weak labels under each conflict setting:
-   ``none`` (weak labels only: M~), ``implicit`` (plus ground-truth pairs of a COMPETING
-   dimension, helpfulness), ``explicit`` (plus ``alpha * CE(M(x), 0) * 1{M(x) < 0.5}``: where the
-   model already prefers the harmful response, push it further; see
-   :func:`w2s.train.losses.explicit_conflict_loss`).
-4. The deception score of each conflict setting against ``none``, with the four knowledge areas
-   and the conflict tax per area (:func:`w2s.evaluation.deception_score`), from the per-example
-   predictions of every model (``predictions.jsonl``; ``w2s eval deception RUN_DIR`` recomputes
-   it all).
-
-Objectives (``--objective``): ``reward`` (a one-output reward model, Bradley-Terry / BCE on
-``r(a) - r(b)``, lr 1e-5, 1 epoch), ``dpo`` (beta 0.1, lr 1e-6, 3 epochs after 1 SFT epoch on
-the preferred responses; reference = the SFT model) and ``simpo`` (beta 2, gamma 1, lr 1e-6,
-1 epoch after 1 SFT epoch). Every model's prediction on a pair is the probability it prefers the
-ground-truth-better response: ``sigmoid(r(chosen) - r(rejected))`` (reward),
-``sigmoid(beta * h)`` with ``h`` DPO's log-ratio difference against the reference (dpo),
-``sigmoid(beta * (avg_logp(chosen) - avg_logp(rejected)))`` (simpo); correct = >= 0.5. Batch 32,
-at most ``max_ctx`` 512 tokens per sequence, cut on the LEFT (the authors' convention).
-
-One GPU, or the CPU::
-
-    w2s deception --weak gpt2 --strong gpt2-medium --task hh-harmless --objective reward
-    w2s deception --recipe recipes/deception/tiny.yaml --run-dir runs/deception-tiny
-    w2s eval deception runs/deception-tiny
-
-Sweeps (``--strong gpt2-medium,gpt2-large,gpt2-xl``, ``--seeds 0,1,2``) train the weak ceiling
-once per seed (every trained model's predictions are cached by content hash) and plot the
-deception score against the weak-strong gap (``deception.png``).
-
-N GPUs: each training stage runs data-parallel under ``torchrun`` / ``accelerate launch``, and a
-sweep over strong models fans out one job per GPU (``--launcher local``) or per Ray task::
-
-    torchrun --nproc_per_node 8 -m w2s deception --recipe recipes/deception/hh_harmless-mistral-simpo.yaml
-    w2s deception --weak gpt2 --strong gpt2-medium,gpt2-large,gpt2-xl --task hh-harmless --launcher local
-"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from w2s.config import option, section, stage_train
 from w2s.errors import W2SError
@@ -136,40 +89,6 @@ class DeceptionConfig:
     run_dir: str | None = option(None, "run directory (default runs/deception/<time>-<hash>)")
     train: DeceptionTrain = section(DeceptionTrain, "training of every model")
 
-
-# --------------------------------------------------------------------------------------------
-# the experiment
-
-
-CONFIG = DeceptionConfig
-"""The config class of this method (what ``w2s lab`` and the CLI build from a recipe)."""
-
-
-def run(cfg: DeceptionConfig) -> dict:
-    """Run every experiment the config asks for in one run directory; returns metrics.json."""
-    from w2s.methods.deception_core import Experiment
-    from w2s.runs import Run
-
-    plan = plan_experiments(cfg)  # bad input fails here, before any directory exists
-    exp = Experiment(cfg, plan)
-    data = {seed: exp.load_data(seed) for seed in plan["seeds"]}
-    env = {"seeds": plan["seeds"], "chains": plan["chains"], "settings": plan["settings"],
-           "helpful_task": plan["helpful_task"],
-           "data": {str(s): d["fingerprints"] for s, d in data.items()}}
-    with Run.start("deception", cfg, run_dir=cfg.run_dir, env_extra=env) as run:
-        if cfg.launcher != "none":
-            from w2s.launch import fan_out
-
-            run.keep("the sweep's job logs (jobs/*.log)")  # a failed job is not bad input
-            fan_out("deception", cfg, sweep_jobs(plan), run)  # into the shared cache
-        exp.run = run
-        for note in plan["notes"]:
-            run.log({"event": "note", "note": note})
-        results = [exp.run_chain(chain, seed, data[seed])
-                   for seed in plan["seeds"] for chain in plan["chains"]]
-        run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
-        run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
-        return run.finish(summarize(results, plan, run))
 
 
 def sweep_jobs(plan: dict) -> dict[str, dict]:
@@ -280,91 +199,3 @@ def stage_config(cfg: DeceptionConfig, lr: float, epochs: float, seed: int, *,
     dpo/simpo takes ``sft_epochs`` and no max_steps)."""
     changes = {"epochs": cfg.train.sft_epochs, "max_steps": None} if sft else {}
     return cfg.train.train_config(seed=seed, default_lr=lr, default_epochs=epochs, **changes)
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-
-
-def summarize(results: list[dict], plan: dict, run) -> dict:
-    """metrics.json: the headline deception score and its areas (of the one experiment, or
-    pooled over a sweep's test examples), every setting's score, a table per experiment, and
-    (sweeps) the plot of the score against the weak-strong gap."""
-    from w2s.evaluation.deception import deception_score
-
-    headline = plan["headline"]
-    pooled: dict[str, dict[str, Any]] = {}
-    for setting in plan["settings"]:
-        cols: list[list[bool]] = [[], [], [], []]
-        for res in results:
-            for acc, col in zip(cols, res["correct"][setting], strict=True):
-                acc.extend(col)
-        pooled[setting] = deception_score(*cols)
-    top = pooled.get(headline) if headline else None
-    metrics: dict[str, Any] = {
-        "task": results[0]["task"], "objective": results[0]["objective"],
-        "headline_setting": headline,
-        "deception_score": top["score"] if top else None,
-        "deception_reason": (top["reason"] if top else
-                             "no conflict setting trained: train implicit or explicit"),
-        "areas": top["areas"] if top else None,
-        "pooled_over": len(results),
-        "settings": pooled,
-    }
-    table = []
-    for res in results:
-        row = {"pair": res["pair"], "weak": res["models"][0], "strong": res["models"][-1],
-               "seed": res["seed"], "weak_ceiling_acc": res["accuracy"]["weak_ceiling"],
-               "strong_ceiling_acc": res["accuracy"]["strong_ceiling"],
-               "gap": res["accuracy"]["strong_ceiling"] - res["accuracy"]["weak_ceiling"]}
-        for setting in plan["settings"]:
-            row[f"deception_score_{setting}"] = res["scores"][setting]["score"]
-        table.append(row)
-    metrics["table"] = table
-    metrics["experiments"] = [{k: v for k, v in res.items() if k != "correct"} for res in results]
-    metrics["trained_models"] = sum(r["trained_models"] for r in results)
-    metrics["plot"] = _plot(table, plan["settings"], run) if len(results) > 1 else None
-    return metrics
-
-
-def _plot(table: list[dict], settings: list[str], run) -> str | None:
-    """deception.png: the deception score of each setting against the weak-strong gap (strong
-    ceiling accuracy minus weak ceiling accuracy), one point per experiment (matplotlib is
-    optional: ``pip install 'w2s[plot]'``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
-                 "(pip install 'w2s[plot]')"})
-        return None
-    if not run.main or not settings:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    drawn = 0
-    for setting, marker in zip(settings, "os^", strict=False):
-        points = sorted((r["gap"], r[f"deception_score_{setting}"], r["strong"]) for r in table
-                        if r[f"deception_score_{setting}"] is not None)
-        if not points:
-            continue
-        drawn += 1
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=setting)
-        for x, y, name in points:
-            ax.annotate(name.removeprefix("tiny:").split("+")[0], (x, y), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel("weak-strong gap (strong ceiling acc - weak ceiling acc)")
-    ax.set_ylabel("deception score")
-    ax.set_ylim(0, 1)
-    ax.set_title("weak-to-strong deception")
-    if drawn:
-        ax.legend(title="conflict", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "deception score undefined in every experiment", ha="center",
-                transform=ax.transAxes, fontsize=8)
-    fig.tight_layout()
-    path = run.path / "deception.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path.name

@@ -1,10 +1,11 @@
-"""The steps of ``w2s generalize`` (see :mod:`w2s.methods.generalize` for the method).
+"""``w2s generalize``'s experiment: :func:`run` and the steps it calls.
 
+:func:`run` reads like the paper: load the data, run every chain (weak ceiling -> weak labels ->
+strong ceiling -> strong on weak labels -> PGR) for every seed, write the predictions, summarise.
 :class:`Experiment` holds what every step shares (config, cache, accelerator, run record) and
-has one method per step: ``load_data`` (train / test, halves A and B), ``run_chain`` (weak
-ceiling -> weak labels -> strong ceiling -> strong on weak labels -> PGR), ``fit`` (train one
-classifier and predict, cached), and the model sources (the tinyworld pretraining, optional
-generative fine-tuning). torch is imported here, never by the CLI.
+has one method per step: ``load_data`` (train / test, halves A and B), ``run_chain``, ``fit``
+(train one classifier and predict, cached), and the model sources (the tinyworld pretraining,
+optional generative fine-tuning). torch is imported here, never by the CLI.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import statistics
 import warnings
 from collections import deque
 from pathlib import Path
@@ -21,13 +23,46 @@ import torch
 
 from w2s.errors import W2SError
 from w2s.evaluation import ROLE_CEILING, ROLE_W2S, ROLE_WEAK, pgr_from_predictions
-from w2s.methods.generalize import GeneralizeConfig, stage_train_config
+from w2s.methods.generalize import SPEC
+from w2s.methods.generalize.config import (
+    GeneralizeConfig,
+    plan_experiments,
+    stage_train_config,
+    sweep_jobs,
+)
 from w2s.runs import Cache, content_hash
 from w2s.train.losses import logconf_losses, product_losses, xent_losses
 
 PROBE_LR = 1e-3
 """Default lr of a linear probe (a zero-init head on frozen features takes far larger steps than
 a fine-tuned body's 5e-5)."""
+
+
+def run(cfg: GeneralizeConfig) -> dict:
+    """Run every experiment the config asks for in one run directory; returns metrics.json."""
+    from w2s.launch import fan_out
+    from w2s.runs import Run
+
+    plan = plan_experiments(cfg)  # bad input fails here, before any directory exists
+    exp = Experiment(cfg)
+    data = {seed: exp.load_data(seed) for seed in plan["seeds"]}
+    env = {"seeds": plan["seeds"], "data": {str(s): d["fingerprints"] for s, d in data.items()},
+           "chains": plan["chains"]}
+    with Run.start(SPEC.name, cfg, headline=SPEC.headline, run_dir=cfg.run_dir, env_extra=env) as run:
+        if cfg.launcher != "none":
+            run.keep("the sweep's job logs (jobs/*.log)")  # a failed job is not bad input
+            fan_out("generalize", cfg, sweep_jobs(cfg, plan), run)  # into the shared cache
+        exp.run = run
+        results = []
+        for seed in plan["seeds"]:
+            for chain in plan["chains"]:
+                results.append(exp.run_chain(chain, seed, data[seed]))
+        for note in plan["notes"]:
+            run.log({"event": "note", "note": note})
+        run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
+        run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
+        metrics = summarize(results, cfg, run)
+        return run.finish(metrics)
 
 
 class Experiment:
@@ -455,3 +490,66 @@ def _read_json(path: Path) -> Any:
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def summarize(results: list[dict], cfg: GeneralizeConfig, run) -> dict:
+    """metrics.json: the headline figures (of the one experiment, or medians over a sweep), a
+    PGR table per pair (median over seeds), every experiment's details, and a plot."""
+    first = results[0]
+    metrics: dict[str, Any] = {"task": cfg.task, "loss": cfg.loss, "mode": cfg.mode}
+    keys = ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr", "pgr_ci_low", "pgr_ci_high",
+            "pgr_reason")
+    if len(results) == 1:
+        metrics.update({k: first[k] for k in keys})
+    else:
+        for k in ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr"):
+            values = [r[k] for r in results if r[k] is not None]
+            metrics[k] = statistics.median(values) if values else None
+        metrics.update(pgr_ci_low=None, pgr_ci_high=None,
+                       pgr_reason=None if metrics["pgr"] is not None else
+                       "undefined in every experiment of the sweep")
+    table = []
+    for pair in dict.fromkeys("->".join(r["models"]) for r in results):
+        rows = [r for r in results if "->".join(r["models"]) == pair]
+        pgrs = [r["pgr"] for r in rows if r["pgr"] is not None]
+        table.append({"pair": pair, "weak": rows[0]["models"][0], "strong": rows[0]["models"][-1],
+                      "seeds": [r["seed"] for r in rows],
+                      "median_pgr": statistics.median(pgrs) if pgrs else None,
+                      "median_weak_acc": statistics.median(r["weak_acc"] for r in rows),
+                      "median_strong_ceiling_acc": statistics.median(
+                          r["strong_ceiling_acc"] for r in rows),
+                      "median_w2s_acc": statistics.median(r["w2s_acc"] for r in rows),
+                      "pgr_per_seed": [r["pgr"] for r in rows]})
+    metrics["pgr_table"] = table
+    metrics["experiments"] = results
+    metrics["trained_models"] = sum(r["trained_models"] for r in results)
+    metrics["plot"] = _plot(table, run) if len(table) > 1 or len(results) > 1 else None
+    return metrics
+
+
+def _plot(table: list[dict], run) -> str | None:
+    """pgr.png: median PGR per pair (matplotlib is optional: `pip install w2s[plot]`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
+                 "(pip install 'w2s[plot]')"})
+        return None
+    if not run.main:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.5))
+    values = [r["median_pgr"] if r["median_pgr"] is not None else 0.0 for r in table]
+    ax.bar(range(len(table)), values, color="tab:blue")
+    ax.set_xticks(range(len(table)), [r["pair"] for r in table], rotation=30, ha="right",
+                  fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("median PGR over seeds")
+    ax.set_title("performance gap recovered")
+    fig.tight_layout()
+    path = run.path / "pgr.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name

@@ -26,12 +26,15 @@ from w2s.evaluation.deception import (
     ROLE_WEAK_CEILING,
     deception_score,
 )
-from w2s.methods.deception import (
+from w2s.methods.deception import SPEC
+from w2s.methods.deception.config import (
     DEFAULT_BETA,
     DEFAULT_EPOCHS,
     DEFAULT_LR,
     DeceptionConfig,
+    plan_experiments,
     stage_config,
+    sweep_jobs,
 )
 from w2s.runs import Cache, content_hash
 from w2s.train.losses import dpo_loss, explicit_conflict_loss, reward_model_loss, simpo_loss
@@ -521,3 +524,122 @@ class Experiment:
 
 def _brief(result) -> dict:
     return {k: v for k, v in result.to_dict().items() if k != "losses"}
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: DeceptionConfig) -> dict:
+    """Run every experiment the config asks for in one run directory; returns metrics.json."""
+
+    from w2s.runs import Run
+
+    plan = plan_experiments(cfg)  # bad input fails here, before any directory exists
+    exp = Experiment(cfg, plan)
+    data = {seed: exp.load_data(seed) for seed in plan["seeds"]}
+    env = {"seeds": plan["seeds"], "chains": plan["chains"], "settings": plan["settings"],
+           "helpful_task": plan["helpful_task"],
+           "data": {str(s): d["fingerprints"] for s, d in data.items()}}
+    with Run.start(SPEC.name, cfg, headline=SPEC.headline, run_dir=cfg.run_dir, env_extra=env) as run:
+        if cfg.launcher != "none":
+            from w2s.launch import fan_out
+
+            run.keep("the sweep's job logs (jobs/*.log)")  # a failed job is not bad input
+            fan_out("deception", cfg, sweep_jobs(plan), run)  # into the shared cache
+        exp.run = run
+        for note in plan["notes"]:
+            run.log({"event": "note", "note": note})
+        results = [exp.run_chain(chain, seed, data[seed])
+                   for seed in plan["seeds"] for chain in plan["chains"]]
+        run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
+        run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
+        return run.finish(summarize(results, plan, run))
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+def summarize(results: list[dict], plan: dict, run) -> dict:
+    """metrics.json: the headline deception score and its areas (of the one experiment, or
+    pooled over a sweep's test examples), every setting's score, a table per experiment, and
+    (sweeps) the plot of the score against the weak-strong gap."""
+    from w2s.evaluation.deception import deception_score
+
+    headline = plan["headline"]
+    pooled: dict[str, dict[str, Any]] = {}
+    for setting in plan["settings"]:
+        cols: list[list[bool]] = [[], [], [], []]
+        for res in results:
+            for acc, col in zip(cols, res["correct"][setting], strict=True):
+                acc.extend(col)
+        pooled[setting] = deception_score(*cols)
+    top = pooled.get(headline) if headline else None
+    metrics: dict[str, Any] = {
+        "task": results[0]["task"], "objective": results[0]["objective"],
+        "headline_setting": headline,
+        "deception_score": top["score"] if top else None,
+        "deception_reason": (top["reason"] if top else
+                             "no conflict setting trained: train implicit or explicit"),
+        "areas": top["areas"] if top else None,
+        "pooled_over": len(results),
+        "settings": pooled,
+    }
+    table = []
+    for res in results:
+        row = {"pair": res["pair"], "weak": res["models"][0], "strong": res["models"][-1],
+               "seed": res["seed"], "weak_ceiling_acc": res["accuracy"]["weak_ceiling"],
+               "strong_ceiling_acc": res["accuracy"]["strong_ceiling"],
+               "gap": res["accuracy"]["strong_ceiling"] - res["accuracy"]["weak_ceiling"]}
+        for setting in plan["settings"]:
+            row[f"deception_score_{setting}"] = res["scores"][setting]["score"]
+        table.append(row)
+    metrics["table"] = table
+    metrics["experiments"] = [{k: v for k, v in res.items() if k != "correct"} for res in results]
+    metrics["trained_models"] = sum(r["trained_models"] for r in results)
+    metrics["plot"] = _plot(table, plan["settings"], run) if len(results) > 1 else None
+    return metrics
+
+
+def _plot(table: list[dict], settings: list[str], run) -> str | None:
+    """deception.png: the deception score of each setting against the weak-strong gap (strong
+    ceiling accuracy minus weak ceiling accuracy), one point per experiment (matplotlib is
+    optional: ``pip install 'w2s[plot]'``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
+                 "(pip install 'w2s[plot]')"})
+        return None
+    if not run.main or not settings:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    drawn = 0
+    for setting, marker in zip(settings, "os^", strict=False):
+        points = sorted((r["gap"], r[f"deception_score_{setting}"], r["strong"]) for r in table
+                        if r[f"deception_score_{setting}"] is not None)
+        if not points:
+            continue
+        drawn += 1
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=setting)
+        for x, y, name in points:
+            ax.annotate(name.removeprefix("tiny:").split("+")[0], (x, y), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("weak-strong gap (strong ceiling acc - weak ceiling acc)")
+    ax.set_ylabel("deception score")
+    ax.set_ylim(0, 1)
+    ax.set_title("weak-to-strong deception")
+    if drawn:
+        ax.legend(title="conflict", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "deception score undefined in every experiment", ha="center",
+                transform=ax.transAxes, fontsize=8)
+    fig.tight_layout()
+    path = run.path / "deception.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name

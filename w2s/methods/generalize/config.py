@@ -1,40 +1,8 @@
-"""Weak-to-strong generalization (Burns et al. 2023, arXiv 2312.09390): can a strong model
-trained on a weak model's labels outperform its supervisor?
-
-The experiment, per (task, weak, strong, seed): split the training documents into halves A and
-B. Fine-tune the WEAK model on A with ground truth (the weak ceiling): its test accuracy is the
-weak performance, its soft predictions on B are the weak labels. Fine-tune the STRONG model on B
-with ground truth (the strong ceiling), and again on B with the weak labels (weak-to-strong),
-with plain cross-entropy (``xent``), the auxiliary confidence loss (``logconf``: the student also
-learns from its own hardened predictions, so it may overrule the supervisor where it is sure) or
-the ``product`` loss. The headline figure is the performance gap recovered,
-
-    PGR = (acc_w2s - acc_weak) / (acc_strong_ceiling - acc_weak),
-
-with a paired bootstrap CI over the test examples, null with a reason when the ceiling does not
-beat the weak model. Every model is a classifier (LM body + zero-init linear head on the last
-real token), fine-tuned fully, with LoRA, or as a linear probe on frozen features. Every trained
-model and its predictions are cached (keyed by everything that determines them), so a sweep
-trains each ceiling once per seed and an interrupted training resumes from its checkpoint.
-
-One GPU, or the CPU::
-
-    w2s generalize --weak gpt2 --strong gpt2-xl --task sciq --loss logconf
-    w2s generalize --recipe recipes/generalize/tiny.yaml --loss logconf --run-dir runs/tiny
-
-Several GPUs (the global batch stays 32 whatever the GPU count)::
-
-    accelerate launch -m w2s generalize --recipe recipes/generalize/sciq-gpt2.yaml
-    torchrun --nproc_per_node 8 -m w2s generalize --recipe recipes/generalize/sciq-qwen.yaml
-
-Bootstrapping (``--chain gpt2,gpt2-medium,gpt2-large``: each model trained on the previous one's
-labels) and sweeps (``--weak a,b --strong c,d --seeds 0,1,2``: every pair with weak smaller
-than strong, a PGR table with the median over seeds, and a plot) use the same steps.
-"""
+"""The config of ``w2s generalize`` (torch-free): :class:`GeneralizeConfig`, its validation
+and the plan of chains and seeds it asks for."""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,42 +65,6 @@ class GeneralizeConfig:
     weak_train: StageTrain = section(StageTrain, "fine-tuning of the weak models")
     strong_train: StageTrain = section(StageTrain, "fine-tuning of the strong models")
     world: WorldConfig = section(WorldConfig, "the tinyworld task and its pretrained tiny models")
-
-
-CONFIG = GeneralizeConfig
-"""The config class of this method (what ``w2s lab`` and the CLI build from a recipe)."""
-
-
-# --------------------------------------------------------------------------------------------
-# the experiment
-
-
-def run(cfg: GeneralizeConfig) -> dict:
-    """Run every experiment the config asks for in one run directory; returns metrics.json."""
-    from w2s.launch import fan_out
-    from w2s.methods.generalize_core import Experiment
-    from w2s.runs import Run
-
-    plan = plan_experiments(cfg)  # bad input fails here, before any directory exists
-    exp = Experiment(cfg)
-    data = {seed: exp.load_data(seed) for seed in plan["seeds"]}
-    env = {"seeds": plan["seeds"], "data": {str(s): d["fingerprints"] for s, d in data.items()},
-           "chains": plan["chains"]}
-    with Run.start("generalize", cfg, run_dir=cfg.run_dir, env_extra=env) as run:
-        if cfg.launcher != "none":
-            run.keep("the sweep's job logs (jobs/*.log)")  # a failed job is not bad input
-            fan_out("generalize", cfg, sweep_jobs(cfg, plan), run)  # into the shared cache
-        exp.run = run
-        results = []
-        for seed in plan["seeds"]:
-            for chain in plan["chains"]:
-                results.append(exp.run_chain(chain, seed, data[seed]))
-        for note in plan["notes"]:
-            run.log({"event": "note", "note": note})
-        run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
-        run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
-        metrics = summarize(results, cfg, run)
-        return run.finish(metrics)
 
 
 def sweep_jobs(cfg: GeneralizeConfig, plan: dict) -> dict[str, dict]:
@@ -224,69 +156,6 @@ def plan_experiments(cfg: GeneralizeConfig) -> dict:
         raise W2SError(f"no valid pair in --weak {cfg.weak} x --strong {cfg.strong}: every weak "
                        "model must be smaller than its strong model")
     return {"seeds": seeds, "chains": chains, "notes": notes}
-
-
-def summarize(results: list[dict], cfg: GeneralizeConfig, run) -> dict:
-    """metrics.json: the headline figures (of the one experiment, or medians over a sweep), a
-    PGR table per pair (median over seeds), every experiment's details, and a plot."""
-    first = results[0]
-    metrics: dict[str, Any] = {"task": cfg.task, "loss": cfg.loss, "mode": cfg.mode}
-    keys = ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr", "pgr_ci_low", "pgr_ci_high",
-            "pgr_reason")
-    if len(results) == 1:
-        metrics.update({k: first[k] for k in keys})
-    else:
-        for k in ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr"):
-            values = [r[k] for r in results if r[k] is not None]
-            metrics[k] = statistics.median(values) if values else None
-        metrics.update(pgr_ci_low=None, pgr_ci_high=None,
-                       pgr_reason=None if metrics["pgr"] is not None else
-                       "undefined in every experiment of the sweep")
-    table = []
-    for pair in dict.fromkeys("->".join(r["models"]) for r in results):
-        rows = [r for r in results if "->".join(r["models"]) == pair]
-        pgrs = [r["pgr"] for r in rows if r["pgr"] is not None]
-        table.append({"pair": pair, "weak": rows[0]["models"][0], "strong": rows[0]["models"][-1],
-                      "seeds": [r["seed"] for r in rows],
-                      "median_pgr": statistics.median(pgrs) if pgrs else None,
-                      "median_weak_acc": statistics.median(r["weak_acc"] for r in rows),
-                      "median_strong_ceiling_acc": statistics.median(
-                          r["strong_ceiling_acc"] for r in rows),
-                      "median_w2s_acc": statistics.median(r["w2s_acc"] for r in rows),
-                      "pgr_per_seed": [r["pgr"] for r in rows]})
-    metrics["pgr_table"] = table
-    metrics["experiments"] = results
-    metrics["trained_models"] = sum(r["trained_models"] for r in results)
-    metrics["plot"] = _plot(table, run) if len(table) > 1 or len(results) > 1 else None
-    return metrics
-
-
-def _plot(table: list[dict], run) -> str | None:
-    """pgr.png: median PGR per pair (matplotlib is optional: `pip install w2s[plot]`)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
-                 "(pip install 'w2s[plot]')"})
-        return None
-    if not run.main:
-        return None
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.5))
-    values = [r["median_pgr"] if r["median_pgr"] is not None else 0.0 for r in table]
-    ax.bar(range(len(table)), values, color="tab:blue")
-    ax.set_xticks(range(len(table)), [r["pair"] for r in table], rotation=30, ha="right",
-                  fontsize=8)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("median PGR over seeds")
-    ax.set_title("performance gap recovered")
-    fig.tight_layout()
-    path = run.path / "pgr.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path.name
 
 
 def stage_train_config(stage: StageTrain, lr: float, seed: int):

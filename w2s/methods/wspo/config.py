@@ -1,50 +1,5 @@
-"""Weak-to-strong preference optimization (WSPO; Zhu et al., ICLR 2025, arXiv 2410.18640): align a
-strong model by teaching it what aligning a WEAK model changed.
+"""The config of ``w2s wspo`` (torch-free): :class:`WSPOConfig` and its validation."""
 
-Aligning the weak model (by DPO) moves it from pi_w_ref (``--weak``) to pi_w_r
-(``--weak-aligned``). For every token of a response, the change is the log-ratio
-``log pi_w_r(y_t|.) - log pi_w_ref(y_t|.)``: up to the weak DPO's beta, the weak model's implicit
-reward. WSPO trains the strong model pi_theta so that its own log-ratio against its starting point
-pi_ref reproduces that change, amplified by ``1/gamma``::
-
-    L(x, y) = (1/|y|) sum_t [ gamma * (log pi_theta(y_t|.) - log pi_ref(y_t|.))
-                              - (log pi_w_r(y_t|.) - log pi_w_ref(y_t|.)) ]^2
-
-Why: the weak model's implicit reward ``beta_w log(pi_w_r / pi_w_ref)`` reused as the strong
-model's KL-regularised reward has the optimum ``log(pi / pi_ref) = (beta_w / beta_s) log(pi_w_r /
-pi_w_ref) + c(x)``; gamma is ``beta_s / beta_w`` and the default 0.1 amplifies the weak alignment
-tenfold. The data are prompts with ONE response each: as in the official code, the CHOSEN
-responses of a preference set (nothing is generated during training, the rejected responses are
-never forwarded).
-
-The experiment, stage by stage (every stage is cached under a hash of everything that determines
-it, so a second run with other strong-side settings redoes none of the weak work)::
-
-    1. weak aligned model   --weak-aligned, or DPO of --weak on the task's pairs (beta 0.1)
-    2. weak log-ratios      of every training response, ONCE: two weak forwards per response
-    3. strong reference     log pi_ref of every training response, ONCE, before training (LoRA:
-                            adapters disabled; full fine-tuning: the initial model)
-    4. strong, before       generations on held-out test prompts
-    5. WSPO                 one forward + backward of the strong policy per example; resumable
-    6. strong, after        generations on the same prompts; win rate of after vs before through
-                            the judge, and the mean gold reward of both when the judge is one
-
-``--granularity token`` (the paper's loss) needs weak and strong to tokenize every example
-identically: that is checked on the actual encodings and refused, with the fix, otherwise.
-``--granularity sequence`` compares length-normalised sequence log-ratios instead, each model on
-its own tokenization of the same text, so it works across vocabularies.
-
-One GPU, or the CPU::
-
-    w2s wspo --weak qwen2-0.5b --strong qwen2-7b --dry-run        # the plan, nothing loaded
-    w2s wspo --weak qwen2-1.5b-instruct --strong qwen2-7b-instruct
-    w2s wspo --recipe recipes/wspo/tiny.yaml --run-dir runs/wspo-tiny
-
-Several GPUs (the global batch stays the recipe's whatever the GPU count)::
-
-    accelerate launch -m w2s wspo --recipe recipes/wspo/ultrafeedback-qwen2-lora.yaml
-    torchrun --nproc_per_node 4 -m w2s wspo --recipe recipes/wspo/ultrafeedback-qwen2-full.yaml
-"""
 
 from __future__ import annotations
 
@@ -125,49 +80,6 @@ class WSPOConfig:
                                    "--weak-aligned)")
     strong_train: StageTrain = section(StageTrain, "WSPO training of the strong model")
 
-
-# --------------------------------------------------------------------------------------------
-# the experiment
-
-
-CONFIG = WSPOConfig
-"""The config class of this method (what ``w2s lab`` and the CLI build from a recipe)."""
-
-
-def run(cfg: WSPOConfig) -> dict:
-    """Run the WSPO experiment in one run directory; returns metrics.json's content.
-
-    With ``dry_run``: print the plan and return it (nothing is loaded or written).
-    """
-    from w2s.methods.wspo_core import Pipeline, make_plan, render_plan
-    from w2s.runs import Run
-
-    plan = make_plan(cfg, dry=cfg.dry_run)  # bad input fails here, before any directory exists
-    if cfg.dry_run:
-        print(render_plan(plan))
-        return plan.summary()
-    pipe = Pipeline(plan)
-    with Run.start("wspo", cfg, run_dir=cfg.run_dir, env_extra=plan.environment()) as run:
-        pipe.run = run
-        for note in plan.notes:
-            run.log({"event": "note", "note": note})
-        weak_aligned = pipe.align_weak()                     # 1. DPO of the weak model (cached)
-        weak_ratios = pipe.weak_log_ratios(weak_aligned)     # 2. once per data set (cached)
-        strong, tokenizer = pipe.load_strong()
-        reference = pipe.strong_reference(strong)            # 3. log pi_ref, once (cached)
-        before = pipe.generate(strong, tokenizer, "before")  # 4. held-out answers (cached)
-        trained = pipe.train_strong(strong, weak_ratios, reference)  # 5. WSPO
-        if pipe.backend == "vllm":                           # vLLM reads models from disk
-            strong = pipe.save(strong, tokenizer, force=True)
-        after = pipe.generate(strong, tokenizer, "after")    # 6. answers after training
-        run.keep("the answers before and after training (generations*.jsonl; judge them "
-                 "with `w2s eval winrate`)")                 # a failing judge loses nothing
-        metrics = pipe.evaluate(after, before, trained)
-        if pipe.backend != "vllm":
-            pipe.save(strong, tokenizer)
-        full = run.finish(metrics)
-    pipe.clean_up()
-    return full
 
 
 def validate(cfg: WSPOConfig) -> None:

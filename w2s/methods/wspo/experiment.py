@@ -45,7 +45,14 @@ import numpy as np
 import torch
 
 from w2s.errors import W2SError
-from w2s.methods.wspo import WSPOConfig, config_summary, sampling, stage_train_config, validate
+from w2s.methods.wspo import SPEC
+from w2s.methods.wspo.config import (
+    WSPOConfig,
+    config_summary,
+    sampling,
+    stage_train_config,
+    validate,
+)
 from w2s.models.resolve import model_identity
 from w2s.runs import Cache
 
@@ -708,6 +715,7 @@ class Pipeline:
             "losses": wr["losses"], "n_pairs": wr["n"],
             "n_prompts": len({r["prompt"] for r in self.plan.eval_rows}),
             "gold_reward_mean": gold_after, "gold_reward_mean_before": gold_before,
+            "gold_reward": gold_after, "baseline_gold_reward": gold_before,
             "gold_reward_gain": (gold_after - gold_before) if gold_after is not None else None,
             "before": _gen_summary(before, gold_before),
             "after": _gen_summary(after, gold_after),
@@ -840,3 +848,43 @@ def wspo_loss_fn(gamma: float, granularity: str):
                 "target_log_ratio": (weak_ratio / gamma).detach()}
 
     return fn
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: WSPOConfig) -> dict:
+    """Run the WSPO experiment in one run directory; returns metrics.json's content.
+
+    With ``dry_run``: print the plan and return it (nothing is loaded or written).
+    """
+
+    from w2s.runs import Run
+
+    plan = make_plan(cfg, dry=cfg.dry_run)  # bad input fails here, before any directory exists
+    if cfg.dry_run:
+        print(render_plan(plan))
+        return plan.summary()
+    pipe = Pipeline(plan)
+    with Run.start(SPEC.name, cfg, headline=SPEC.headline, run_dir=cfg.run_dir, env_extra=plan.environment()) as run:
+        pipe.run = run
+        for note in plan.notes:
+            run.log({"event": "note", "note": note})
+        weak_aligned = pipe.align_weak()                     # 1. DPO of the weak model (cached)
+        weak_ratios = pipe.weak_log_ratios(weak_aligned)     # 2. once per data set (cached)
+        strong, tokenizer = pipe.load_strong()
+        reference = pipe.strong_reference(strong)            # 3. log pi_ref, once (cached)
+        before = pipe.generate(strong, tokenizer, "before")  # 4. held-out answers (cached)
+        trained = pipe.train_strong(strong, weak_ratios, reference)  # 5. WSPO
+        if pipe.backend == "vllm":                           # vLLM reads models from disk
+            strong = pipe.save(strong, tokenizer, force=True)
+        after = pipe.generate(strong, tokenizer, "after")    # 6. answers after training
+        run.keep("the answers before and after training (generations*.jsonl; judge them "
+                 "with `w2s eval winrate`)")                 # a failing judge loses nothing
+        metrics = pipe.evaluate(after, before, trained)
+        if pipe.backend != "vllm":
+            pipe.save(strong, tokenizer)
+        full = run.finish(metrics)
+    pipe.clean_up()
+    return full

@@ -63,7 +63,8 @@ from typing import Any
 import torch
 
 from w2s.errors import W2SError
-from w2s.methods.macpo import MACPOConfig, sampling, train_config
+from w2s.methods.macpo import SPEC
+from w2s.methods.macpo.config import MACPOConfig, check_config, sampling, train_config
 from w2s.runs import content_hash, read_jsonl
 
 POS, NEG = "pos", "neg"
@@ -941,3 +942,30 @@ def _distinct_prompts(rows: list[dict]) -> list[dict]:
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}"
 
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def run(cfg: MACPOConfig) -> dict:
+    """Run MACPO in one run directory (resuming an unfinished one); returns metrics.json."""
+
+    from w2s.runs import Run
+
+    plan = check_config(cfg)   # bad settings fail here, before anything exists
+    exp = MACPO(cfg, plan)
+    exp.load_data()            # a wrong task fails here
+    exp.load_judges()          # so does a judge that cannot be built
+    exp.load_agents()          # one copy of each base model, its agents as LoRA adapters
+    with Run.start(SPEC.name, cfg, headline=SPEC.headline, run_dir=cfg.run_dir, env_extra=exp.environment()) as run:
+        # a run that cannot go on (a filter left a learner no pairs) keeps its finished stages
+        run.keep("the finished stages; rerun the same command (with the fix) to resume")
+        exp.begin(run)
+        exp.initialise()                 # weak pos/neg SFT; strong pos/neg SFT
+        exp.evaluate(0)                  # the baseline: the initial strong positive
+        for t in range(1, cfg.iterations + 1):
+            answers = exp.generate(t)    # every agent answers Q_w2s
+            pairs = exp.pairs(t, answers)  # perplexity filter, contrastive pairs
+            exp.train_learners(t, pairs)  # DPO + SFT term, each positive agent
+            exp.evaluate(t)              # win rates against the baseline
+        return run.finish(exp.metrics())

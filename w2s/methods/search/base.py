@@ -3,9 +3,9 @@
 Two kinds, one interface (``start``, ``sample``, ``select``, ``texts``, ``finished``):
 
 - :class:`HFBase`: a local causal LM. Rows of several prompts are sampled together, one token per
-  step, from one KV cache (:class:`~w2s.search.cache.CachedLM`); ``select`` reorders that cache
+  step, from one KV cache (:class:`~w2s.methods.search.cache.CachedLM`); ``select`` reorders that cache
   by index, so the K successors of a beam continue from its cache instead of re-reading the
-  prompt and the text so far. Sampling parameters are explicit (:func:`~w2s.search.text.
+  prompt and the text so far. Sampling parameters are explicit (:func:`~w2s.methods.search.text.
   sample_next`); a row stops at any of the model's end-of-sequence tokens.
 - :class:`ApiBase`: an OpenAI-compatible ``/v1/completions`` endpoint (vLLM, llama.cpp, hosted
   instruct models), as in the paper's gpt-3.5-turbo-instruct experiment. Each chunk is one request
@@ -23,9 +23,9 @@ import torch
 
 from w2s.api import ApiClient, endpoint_url, one_line
 from w2s.errors import W2SError
+from w2s.methods.search.cache import CachedLM
+from w2s.methods.search.text import encode_prompt, eos_ids, sample_next
 from w2s.models.loading import pad_id
-from w2s.search.cache import CachedLM
-from w2s.search.text import encode_prompt, eos_ids, sample_next
 
 
 @dataclass

@@ -1,109 +1,27 @@
-"""Weak-to-strong search (Zhou et al. 2024, arXiv 2405.19262): steer a frozen large model at
-decoding time with a small tuned / untuned pair, no training of the large model.
+"""``w2s search``'s experiment: plan (every check before any run directory exists), load the
+models, decode with every decoder, judge, write the run.
 
-The small pair defines a score on (partial) responses,
-
-    V(x, y) = log pi_tuned(y | x) - log pi_untuned(y | x),
-
-how much more likely tuning made the text (for a DPO'd model, its implicit reward up to a
-constant). Chunk-level beam search CBS(W, K, L) samples W*K candidates from the LARGE model,
-extends every one by L tokens, keeps the W with the highest V, gives each K successors, and so on
-until the kept beams finish; the answer is the best candidate. Best-of-N is CBS(1, N, inf), plain
-sampling CBS(1, 1, inf); emulated fine-tuning (EFT) is the token-level baseline,
-``log p_base + beta (log p_tuned - log p_untuned)``. V is computed on TEXT (the large model's
-text re-encoded with the guides' tokenizer and chat template), so the large model may have another
-vocabulary, or be a black box behind a completions API. One run decodes the same prompts with
-every ``--decoder`` (sampling always: it is the baseline of every win rate), then judges them
-through the evaluation layer: the gold reward of each decoder's answers and its win rate against
-plain sampling, beside what each decoder spent (base tokens sampled, guide tokens scored, time).
-
-One GPU, or the CPU::
-
-    w2s search --base gpt2-large --tuned PATH_OR_ALIAS --untuned gpt2 --task imdb-prompts \\
-        --w 4 --k 4 --l 5 --decoder cbs,bon,sample --judge cls:lvwerra/distilbert-imdb:POSITIVE
-    w2s search --recipe recipes/search/tiny.yaml --run-dir runs/search-tiny
-    w2s search --recipe recipes/search/alpacaeval-llama3.yaml --base api:http://HOST:8000/v1#MODEL
-
-Several GPUs: decoding is not split across processes; give each GPU its own share of the prompts
-(``--n-prompts``/``--seed``, or ``local:`` prompt files) and one run each, then ``w2s report``.
-
-Output (the run directory): ``generations-<decoder>.jsonl`` (answer, guide score V and its
-log-probs, the score trace of the chosen beam, gold reward), ``traces-<decoder>.jsonl`` (every
-candidate scored, round by round: parent beam, chunk, score, selected), ``judgments-<decoder>.jsonl``
-(win rate against sampling), ``metrics.json`` (``win_rate``: CBS vs sampling, ``gold_reward_mean``
-of CBS, and per decoder its gold reward, guide score, win rate and compute).
+:func:`run` reads like the paper's evaluation: the same prompts through CBS, best-of-N, EFT and
+plain sampling from one seed, then each decoder's gold reward and win rate against sampling,
+with what it spent. The decoding parts are the package's other modules (:mod:`.cache`,
+:mod:`.text`, :mod:`.guide`, :mod:`.base`, :mod:`.decoders`).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
-from w2s.config import option
 from w2s.errors import W2SError
-
-DECODERS = ("cbs", "bon", "sample", "eft")
-HEADLINE_ORDER = ("cbs", "bon", "eft", "sample")
-
-
-@dataclass
-class SearchConfig:
-    """``w2s search``: weak-to-strong search and its baselines, judged side by side."""
-
-    base: str = option("gpt2-large", "the frozen large model: alias, local dir, hub id, tiny:..., "
-                       "or api:URL#MODEL (an OpenAI-compatible /v1/completions server)")
-    tuned: str = option("", "the small TUNED guide (e.g. gpt2 after DPO): alias, local dir, hub "
-                        "id or tiny:...; required")
-    untuned: str = option("gpt2", "the small UNTUNED guide the tuned one started from; must share "
-                          "its tokenizer")
-    task: str = option("imdb-prompts", "prompts task (`w2s tasks`), local:PATH, or a "
-                       "classification / preference task (its texts' opening words, its prompts)")
-    split: str = option("test", "split the prompts come from")
-    n_prompts: int = option(200, "prompts decoded (a seeded sample of the split)")
-    shard: str = option("", "decode only shard I of N of the prompts, as I/N (0-based, e.g. "
-                        "0/8): one run per GPU, then `w2s eval winrate` over the joined "
-                        "generation files; empty = all prompts")
-    prefix_words: int = option(8, "classification tasks: words of each text used as the prompt")
-    decoder: list[str] = option(["cbs", "bon", "sample"], "decoders run side by side on the same "
-                                "prompts; sample always runs (the win-rate baseline)",
-                                choices=list(DECODERS))
-    w: int = option(4, "CBS: beams kept after every chunk (W)")
-    k: int = option(4, "CBS: successors sampled from every kept beam (K)")
-    l: str = option("5", "CBS: chunk length in base-model tokens (L), a positive integer or "  # noqa: E741
-                    "inf")
-    bon_n: int | None = option(None, "best-of-N: samples per prompt; none = W*K, what CBS samples "
-                               "per chunk")
-    eft_beta: float = option(1.0, "EFT: weight of log p_tuned - log p_untuned")
-    temperature: float = option(0.7, "base-model sampling temperature (0 = greedy)")
-    top_k: int = option(0, "keep the k most likely tokens; 0 = off (never taken from the model's "
-                        "generation_config)")
-    top_p: float = option(1.0, "nucleus sampling mass; 1.0 = off")
-    max_new_tokens: int = option(50, "tokens per response (base-model tokens)")
-    chat: bool = option(True, "wrap prompts in each model's chat template (when it has one); "
-                        "--no-chat for plain-text continuation (IMDB, reviews)")
-    judge: str = option("vader", "gold judge: vader | reward:NAME | rm:MODEL | cls:MODEL:LABEL | "
-                        "llm:MODEL | api:URL[#MODEL]")
-    prompt_batch: int = option(8, "prompts searched together (rows = prompt_batch x W x K)")
-    score_batch_size: int = option(16, "responses per forward pass when scoring from scratch "
-                                   "(best-of-N, guide scores of the other decoders)")
-    judge_batch_size: int = option(16, "responses per forward pass of a model judge")
-    seed: int = option(0, "seed of the prompt sample and of sampling (every decoder starts "
-                       "from it)")
-    device: str = option("auto", "auto, cpu, cuda or mps")
-    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
-    api_timeout: float = option(60.0, "api base: seconds per request")
-    api_max_retries: int = option(3, "api base: retries per request (exponential backoff)")
-    run_dir: str | None = option(None, "run directory (default runs/search/<time>-<hash>)")
-
-
-# --------------------------------------------------------------------------------------------
-# the experiment
-
-
-CONFIG = SearchConfig
-"""The config class of this method (what ``w2s lab`` and the CLI build from a recipe)."""
+from w2s.methods.search import SPEC
+from w2s.methods.search.config import (
+    DECODERS,
+    HEADLINE_ORDER,
+    SearchConfig,
+    parse_chunk,
+    parse_shard,
+)
 
 
 def run(cfg: SearchConfig) -> dict:
@@ -115,7 +33,7 @@ def run(cfg: SearchConfig) -> dict:
     env = {"prompts": plan["fingerprint"], "n_prompts": len(plan["prompts"]),
            "decoders": plan["decoders"], "chunk": plan["l"], "sampling": plan["sampling"],
            "base": plan["base_identity"], "judge": plan["judge"].identity(), "seed": cfg.seed}
-    with Run.start("search", cfg, run_dir=cfg.run_dir, env_extra=env) as run:
+    with Run.start(SPEC.name, cfg, headline=SPEC.headline, run_dir=cfg.run_dir, env_extra=env) as run:
         for note in plan["notes"]:
             run.log({"event": "note", "note": note})
         seed_everything(cfg.seed)
@@ -132,20 +50,6 @@ def run(cfg: SearchConfig) -> dict:
         return run.finish(metrics)
 
 
-def parse_chunk(value: Any) -> int | None:
-    """``--l``: a positive integer, or ``inf`` (None: the whole response in one chunk)."""
-    text = str(value).strip().lower()
-    if text in ("inf", "infinity", "none"):
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        number = None
-    if number is None or not number.is_integer() or number < 1:
-        raise W2SError(f"L (--l) must be a positive integer or inf, got {value!r}")
-    return int(number)
-
-
 def plan_search(cfg: SearchConfig) -> dict:
     """Validate everything the user can get wrong, before any run directory or model exists.
 
@@ -154,9 +58,9 @@ def plan_search(cfg: SearchConfig) -> dict:
     an API base that cannot be reached, EFT with an API base or with vocabularies that differ.
     """
     from w2s.evaluation.judges import build_judge, parse_judge
+    from w2s.methods.search.guide import same_tokenizer
     from w2s.models import load_tokenizer
     from w2s.models.generate import SamplingConfig
-    from w2s.search.guide import same_tokenizer
 
     if cfg.w < 1 or cfg.k < 1:
         raise W2SError(f"CBS needs W >= 1 and K >= 1 (--w, --k), got W={cfg.w}, K={cfg.k}")
@@ -194,7 +98,7 @@ def plan_search(cfg: SearchConfig) -> dict:
                        "versions of ONE model: pass the model the tuned one was tuned from")
     api = None
     if cfg.base.startswith("api:"):
-        from w2s.search.base import ApiBase
+        from w2s.methods.search.base import ApiBase
 
         if "eft" in decoders:
             raise W2SError("decoder eft mixes the base model's token log-probs with the guides'; "
@@ -251,26 +155,15 @@ def load_prompts(cfg: SearchConfig) -> tuple[list[dict], str, list[str]]:
     return rows, fingerprint, notes
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; anything else is a one-line error."""
-    parts = str(text).split("/")
-    try:
-        index, count = (int(p) for p in parts)
-    except ValueError:
-        index, count = -1, 0
-    if len(parts) != 2 or count < 1 or not 0 <= index < count:
-        raise W2SError(f"--shard takes I/N with 0 <= I < N (e.g. 0/8), got {text!r}")
-    return index, count
-
-
 # --------------------------------------------------------------------------------------------
 # models and decoding
 
 
 def load_models(cfg: SearchConfig, plan: dict) -> dict:
     """The base model (local or API), the guide, and the base causal LM for EFT."""
+    from w2s.methods.search.base import HFBase
+    from w2s.methods.search.guide import Guide
     from w2s.models import load_causal_lm
-    from w2s.search import Guide, HFBase
 
     tuned, tokenizer = load_causal_lm(cfg.tuned, dtype=cfg.dtype, device=cfg.device)
     untuned, _ = load_causal_lm(cfg.untuned, dtype=cfg.dtype, device=cfg.device)
@@ -291,7 +184,8 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
     """
     import torch
 
-    from w2s.search import Compute, Sampling, best_of_n, cbs, eft, plain_sample
+    from w2s.methods.search.base import Sampling
+    from w2s.methods.search.decoders import Compute, best_of_n, cbs, eft, plain_sample
 
     base, guide = models["base"], models["guide"]
     sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
@@ -417,6 +311,8 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
         "gold_reward_mean": top["gold_reward_mean"],
         "candidate_reward_mean": top["gold_reward_mean"] if head != "sample" else None,
         "baseline_reward_mean": per_decoder["sample"]["gold_reward_mean"],
+        "gold_reward": top["gold_reward_mean"],
+        "baseline_gold_reward": per_decoder["sample"]["gold_reward_mean"],
         "guide_score_mean": top["guide_score_mean"],
     }
     for name, figures in per_decoder.items():

@@ -3,10 +3,10 @@
 Two small models that share a tokenizer (a tuned one and the one it was tuned from) score a
 response by how much more the tuning made it likely. Where the base model writes text the guides
 only read it: each candidate's text is re-encoded with the guides' tokenizer and chat template
-(:mod:`w2s.search.text`), so the base model may have any tokenizer, or be a black-box API.
+(:mod:`w2s.methods.search.text`), so the base model may have any tokenizer, or be a black-box API.
 
 :class:`Guide` scores a batch of growing responses INCREMENTALLY: each guide model keeps its own
-KV cache (:class:`~w2s.search.cache.CachedLM`), so after every chunk it reads only the new
+KV cache (:class:`~w2s.methods.search.cache.CachedLM`), so after every chunk it reads only the new
 tokens, never the whole prefix again (the reference code re-read it). When the new text changes
 how the end of the old text tokenizes, the tokens that changed are taken back and read again; the
 score is therefore always the from-scratch score of the current text (:func:`score_texts`, which
@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 
 from w2s.errors import W2SError
+from w2s.methods.search.cache import CachedLM
+from w2s.methods.search.text import encode_prompt, encode_response
 from w2s.models.loading import pad_id
 from w2s.models.logprobs import response_logprobs, sequence_logprobs
-from w2s.search.cache import CachedLM
-from w2s.search.text import encode_prompt, encode_response
 
 
 def same_tokenizer(a, b) -> bool:

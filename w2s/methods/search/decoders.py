@@ -1,7 +1,7 @@
 """The decoders: chunk-level beam search and the baselines it is compared with.
 
 All four take a batch of prompts and return, per prompt, the chosen response with its guide
-score; every one samples the base model through the same loop (:mod:`w2s.search.base`), so with
+score; every one samples the base model through the same loop (:mod:`w2s.methods.search.base`), so with
 one seed their random draws line up:
 
 - :func:`cbs` -- chunk-level beam search CBS(W, K, L): W*K samples of the prompt; repeat: sample L
@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from w2s.methods.search.base import Sampling
+from w2s.methods.search.cache import CachedLM
+from w2s.methods.search.guide import Guide
+from w2s.methods.search.text import encode_prompt, eos_ids, sample_next
 from w2s.models.loading import pad_id
-from w2s.search.base import Sampling
-from w2s.search.cache import CachedLM
-from w2s.search.guide import Guide
-from w2s.search.text import encode_prompt, eos_ids, sample_next
 
 DECODERS = ("cbs", "bon", "sample", "eft")
 
@@ -111,8 +111,8 @@ def cbs(base, guide: Guide, prompts: list[str], *, w: int, k: int, l: int | None
         compute: Compute | None = None) -> tuple[list[dict], list[list[list[dict]]]]:
     """Chunk-level beam search CBS(W, K, L) over a batch of prompts (``l`` None = inf).
 
-    ``base``: an :class:`~w2s.search.base.HFBase` or :class:`~w2s.search.base.ApiBase`;
-    ``guide``: a :class:`~w2s.search.guide.Guide`. Rows of every prompt are sampled and scored
+    ``base``: an :class:`~w2s.methods.search.base.HFBase` or :class:`~w2s.methods.search.base.ApiBase`;
+    ``guide``: a :class:`~w2s.methods.search.guide.Guide`. Rows of every prompt are sampled and scored
     together; a prompt whose search is over leaves the batch.
     """
     compute = compute or Compute()

@@ -1,0 +1,90 @@
+"""The config of ``w2s search`` (torch-free): :class:`SearchConfig` and the parsing of its
+chunk length and shard settings."""
+
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from w2s.config import option
+from w2s.errors import W2SError
+
+DECODERS = ("cbs", "bon", "sample", "eft")
+HEADLINE_ORDER = ("cbs", "bon", "eft", "sample")
+
+
+@dataclass
+class SearchConfig:
+    """``w2s search``: weak-to-strong search and its baselines, judged side by side."""
+
+    base: str = option("gpt2-large", "the frozen large model: alias, local dir, hub id, tiny:..., "
+                       "or api:URL#MODEL (an OpenAI-compatible /v1/completions server)")
+    tuned: str = option("", "the small TUNED guide (e.g. gpt2 after DPO): alias, local dir, hub "
+                        "id or tiny:...; required")
+    untuned: str = option("gpt2", "the small UNTUNED guide the tuned one started from; must share "
+                          "its tokenizer")
+    task: str = option("imdb-prompts", "prompts task (`w2s tasks`), local:PATH, or a "
+                       "classification / preference task (its texts' opening words, its prompts)")
+    split: str = option("test", "split the prompts come from")
+    n_prompts: int = option(200, "prompts decoded (a seeded sample of the split)")
+    shard: str = option("", "decode only shard I of N of the prompts, as I/N (0-based, e.g. "
+                        "0/8): one run per GPU, then `w2s eval winrate` over the joined "
+                        "generation files; empty = all prompts")
+    prefix_words: int = option(8, "classification tasks: words of each text used as the prompt")
+    decoder: list[str] = option(["cbs", "bon", "sample"], "decoders run side by side on the same "
+                                "prompts; sample always runs (the win-rate baseline)",
+                                choices=list(DECODERS))
+    w: int = option(4, "CBS: beams kept after every chunk (W)")
+    k: int = option(4, "CBS: successors sampled from every kept beam (K)")
+    l: str = option("5", "CBS: chunk length in base-model tokens (L), a positive integer or "  # noqa: E741
+                    "inf")
+    bon_n: int | None = option(None, "best-of-N: samples per prompt; none = W*K, what CBS samples "
+                               "per chunk")
+    eft_beta: float = option(1.0, "EFT: weight of log p_tuned - log p_untuned")
+    temperature: float = option(0.7, "base-model sampling temperature (0 = greedy)")
+    top_k: int = option(0, "keep the k most likely tokens; 0 = off (never taken from the model's "
+                        "generation_config)")
+    top_p: float = option(1.0, "nucleus sampling mass; 1.0 = off")
+    max_new_tokens: int = option(50, "tokens per response (base-model tokens)")
+    chat: bool = option(True, "wrap prompts in each model's chat template (when it has one); "
+                        "--no-chat for plain-text continuation (IMDB, reviews)")
+    judge: str = option("vader", "gold judge: vader | reward:NAME | rm:MODEL | cls:MODEL:LABEL | "
+                        "llm:MODEL | api:URL[#MODEL]")
+    prompt_batch: int = option(8, "prompts searched together (rows = prompt_batch x W x K)")
+    score_batch_size: int = option(16, "responses per forward pass when scoring from scratch "
+                                   "(best-of-N, guide scores of the other decoders)")
+    judge_batch_size: int = option(16, "responses per forward pass of a model judge")
+    seed: int = option(0, "seed of the prompt sample and of sampling (every decoder starts "
+                       "from it)")
+    device: str = option("auto", "auto, cpu, cuda or mps")
+    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
+    api_timeout: float = option(60.0, "api base: seconds per request")
+    api_max_retries: int = option(3, "api base: retries per request (exponential backoff)")
+    run_dir: str | None = option(None, "run directory (default runs/search/<time>-<hash>)")
+
+
+def parse_chunk(value: Any) -> int | None:
+    """``--l``: a positive integer, or ``inf`` (None: the whole response in one chunk)."""
+    text = str(value).strip().lower()
+    if text in ("inf", "infinity", "none"):
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is None or not number.is_integer() or number < 1:
+        raise W2SError(f"L (--l) must be a positive integer or inf, got {value!r}")
+    return int(number)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; anything else is a one-line error."""
+    parts = str(text).split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        index, count = -1, 0
+    if len(parts) != 2 or count < 1 or not 0 <= index < count:
+        raise W2SError(f"--shard takes I/N with 0 <= I < N (e.g. 0/8), got {text!r}")
+    return index, count
