@@ -576,12 +576,15 @@ def summarize(results: list[dict], plan: dict, run) -> dict:
                 acc.extend(col)
         pooled[setting] = deception_score(*cols)
     top = pooled.get(headline) if headline else None
+    reason = top["reason"] if top else "no conflict setting trained: train implicit or explicit"
     metrics: dict[str, Any] = {
         "task": results[0]["task"], "objective": results[0]["objective"],
         "headline_setting": headline,
         "deception_score": top["score"] if top else None,
-        "deception_reason": (top["reason"] if top else
-                             "no conflict setting trained: train implicit or explicit"),
+        "deception_score_reason": reason,
+        "deception_reason": reason,  # the name earlier versions wrote
+        "gold_reward_reason": "deception is judged by the preference labels, not a gold reward",
+        "baseline_gold_reward_reason": "deception is judged by the preference labels",
         "areas": top["areas"] if top else None,
         "pooled_over": len(results),
         "settings": pooled,
