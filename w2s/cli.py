@@ -250,9 +250,10 @@ def lab_cmd(
     """The offline lab (what `make demo` runs): every method on the packaged SmolLM2 and real
     BIG-bench text, no hub; writes summary.json, summary.md and plots, and says per method
     whether the paper's effect shows here."""
+    from w2s.config import comma_list
     from w2s.lab import run_lab, summary_rows
 
-    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    names = comma_list(only) or None
     summary = run_lab(out, only=names, recipes_dir=recipes, console=err_console, fresh=fresh)
     _print_table(f"w2s lab ({summary['elapsed_s']:.0f} s): {summary['out_dir']}",
                  summary_rows(summary), ["method", "status", "shows", "time_s", "verdict"])

@@ -29,8 +29,14 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from w2s.errors import W2SError, did_you_mean
 
-__all__ = ["option", "section", "load_recipe", "build_config", "config_to_dict", "flat_fields",
+__all__ = ["comma_list", "option", "section", "load_recipe", "build_config", "config_to_dict", "flat_fields",
            "FlatField", "coerce", "dataclass", "field", "StageTrain", "stage_train"]
+
+
+def comma_list(text: Any) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the names of a comma-separated option (``--weak
+    a,b``, ``--only x,y``), blanks dropped, order kept."""
+    return [part.strip() for part in str(text or "").split(",") if part.strip()]
 
 
 def option(default: Any, help: str, *, choices: list | None = None, cli: str | None = None) -> Any:

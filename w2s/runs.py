@@ -560,3 +560,71 @@ class Cache:
         if not self.root.exists():
             return []
         return sorted(p for p in self.root.iterdir() if (p / ".complete").exists())
+
+
+# --------------------------------------------------------------------------------------------
+# cached stages: the one protocol every expensive step of every method goes through
+
+
+class Stage:
+    """One cached, resumable step of an experiment (see :func:`cached_stage`).
+
+    - ``key``: the cache key (kind + hash of everything that determines the result);
+    - ``path``: the finished entry, or None while it still has to be built;
+    - ``progress``: ``<cache>/inprogress/<key>``, where a training checkpoints so that an
+      interrupted build resumes there (the same folder on every process and every rerun).
+    """
+
+    def __init__(self, cache: Cache, key: str):
+        self.cache = cache
+        self.key = key
+        self.path: Path | None = cache.get(key)
+        self.progress = cache.root / "inprogress" / key
+
+    @property
+    def done(self) -> bool:
+        """The entry exists (built earlier, or by another process while this one waited)."""
+        return self.path is not None
+
+    def publish(self, write, meta: dict | None = None) -> Path:
+        """Make the entry: ``write(folder)`` fills it on the main process (the other ranks of a
+        launch skip it), it is renamed into place atomically, every rank waits for it, and the
+        stage's in-progress checkpoints are removed. Returns the entry's path."""
+        if is_main_process():
+            with self.cache.put(self.key, meta) as tmp:
+                write(tmp)
+            shutil.rmtree(self.progress, ignore_errors=True)
+        barrier()
+        self.path = self.cache.get(self.key)
+        if self.path is None:  # pragma: no cover - a shared cache folder the ranks do not share
+            raise W2SError(f"cache entry {self.key} is missing after it was written; every "
+                           "process of a launch must see the same W2S_CACHE folder")
+        return self.path
+
+
+@contextlib.contextmanager
+def cached_stage(cache: Cache, kind: str, *, name: str | None = None,
+                 **parts: Any) -> Iterator[Stage]:
+    """The cache protocol of one expensive step, for every method and on every process::
+
+        with cached_stage(cache, "generalize-weak-xent", name="weak", model=..., data=...) as st:
+            if not st.done:
+                model = train(..., checkpoint_dir=st.progress)      # resumes if interrupted
+                st.publish(lambda folder: save(model, folder), meta={"model": ...})
+        result = read(st.path)
+
+    - the key is ``cache.key(kind, **parts)``: change any part and the stage is built anew;
+    - independent processes sharing the cache (a sweep's jobs, two runs at once) build an entry
+      once: the first holds the key's lock while it builds, the others wait and then find it;
+      the ranks of one launch build together and publish from rank 0 (:meth:`Stage.publish`);
+    - the block's work is counted as the compute stage ``name`` (default ``kind``), marked
+      cached when the entry was found (:mod:`w2s.compute`);
+    - a failure inside the block publishes nothing: the in-progress checkpoints stay for the
+      rerun, and the cache holds no half-written entry.
+    """
+    key = cache.key(kind, **parts)
+    with compute.stage(name or kind), cache.claim(key):
+        stage = Stage(cache, key)
+        if stage.done:
+            compute.mark_cached()
+        yield stage

@@ -289,6 +289,7 @@ def _judge_pairs(judge, pairs: list[tuple[str, dict, dict]]) -> tuple[list[float
 
 
 def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: Any = True,
+                     judgments: str = "judgments.jsonl", log: dict | None = None,
                      **judge_options: Any) -> dict[str, Any]:
     """Judge candidate outputs against baseline outputs; the win-rate figures as a dict.
 
@@ -299,9 +300,11 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
             paired by id, else by prompt (:func:`~w2s.evaluation.generations.pair_generations`).
         judge: a judge string (``vader``, ``rm:MODEL``, ``llm:MODEL``, ``api:URL#MODEL``, ...)
             or a built :class:`~w2s.evaluation.judges.Judge` (build it once to reuse a model).
-        run: a :class:`w2s.runs.Run`; when given, ``judgments.jsonl`` (one row per pair: id,
-            both verdicts or both scores, the preference, lengths) is written to it and the
-            stage logged. The caller still calls ``run.finish``.
+        run: a :class:`w2s.runs.Run`; when given, the judgments (one row per pair: id, both
+            verdicts or both scores, the preference, lengths) are written to it as the file
+            ``judgments`` (default ``judgments.jsonl``; e.g. ``judgments-cbs.jsonl`` for one of
+            several candidates) and the stage logged with the extra fields ``log``. The caller
+            still calls ``run.finish``.
         cache: the judgment cache of API judges: True (the w2s cache), False, or a folder.
         judge_options: passed to :func:`~w2s.evaluation.judges.build_judge`.
 
@@ -341,9 +344,10 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
             metrics["cached"] = sum(bool(r.get(f"cached_{o}")) for r in rows
                                     for o in ("candidate_first", "baseline_first"))
     if run is not None:
-        run.write_rows("judgments.jsonl", rows)
+        run.write_rows(judgments, rows)
         run.log({"stage": "winrate", "judge": judge.spec, "n": len(rows),
-                 "win_rate": value, "unmatched": pairing.report()})
+                 "win_rate": value, "unmatched": pairing.report(), "file": judgments,
+                 **(log or {})})
     return metrics
 
 

@@ -68,16 +68,19 @@ def vllm_available() -> tuple[bool, str]:
     return True, ""
 
 
-def pick_backend(backend: str, fallback: bool = True) -> str:
-    """Validate a backend name; fall back from vllm to hf (with a warning) when it can't run."""
+def pick_backend(backend: str, fallback: bool = True, *, unfit: str = "") -> str:
+    """The generation backend that runs: the one asked for, validated, except that ``vllm``
+    falls back to ``hf`` with a warning saying why when it cannot run here (not installed, no
+    GPU) or ``unfit`` says why the caller's models cannot use it (e.g. an in-process tiny model,
+    a quantized one). The one rule every method follows; ``fallback=False`` raises instead."""
     if backend not in BACKENDS:
         from w2s.errors import did_you_mean
 
         raise W2SError(f"unknown generation backend '{backend}'{did_you_mean(backend, BACKENDS)};"
                        f" choose one of {list(BACKENDS)}")
     if backend == "vllm":
-        ok, why = vllm_available()
-        if not ok:
+        why = vllm_available()[1] or unfit
+        if why:
             if not fallback:
                 raise W2SError(f"generation backend vllm cannot run: {why}")
             warnings.warn(f"{why}; generating with the hf backend instead", stacklevel=2)

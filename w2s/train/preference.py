@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from w2s.errors import W2SError
+from w2s.models.batching import pad_right, spans_mask
 from w2s.models.loading import pad_id
 from w2s.models.logprobs import response_logprobs
 from w2s.train.losses import dpo_loss, reward_model_loss, sft_loss, simpo_loss
@@ -112,15 +113,9 @@ def encode_pairs(tokenizer, rows: Sequence[dict], **kwargs: Any) -> list[dict]:
 
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``response_mask`` [B, T]."""
-    width = max(len(e.input_ids) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(items), width), dtype=torch.long)
-    response = torch.zeros((len(items), width), dtype=torch.long)
-    for row, e in enumerate(items):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        attention[row, :n] = 1
-        response[row, e.start:n] = 1
+    ids, attention = pad_right([e.input_ids for e in items], pad_id)
+    response = spans_mask([e.start for e in items], [len(e.input_ids) for e in items],
+                          ids.shape[1])
     return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
 
 

@@ -371,20 +371,6 @@ class StageBook:
         return self.records[name]
 
 
-class _Into:
-    """A run whose ``write_rows`` goes to one chosen file: hands the evaluation layer's
-    ``judgments.jsonl`` to ``iter<t>/judgments-<learner>.jsonl``."""
-
-    def __init__(self, run, name: str):
-        self.run, self.name = run, name
-
-    def write_rows(self, _name: str, rows) -> Path:
-        return self.run.write_rows(self.name, rows)
-
-    def log(self, record: dict) -> None:
-        self.run.log({**record, "file": self.name})
-
-
 # --------------------------------------------------------------------------------------------
 # the experiment
 
@@ -856,7 +842,7 @@ class MACPO:
         out: dict[str, Any] = {"win_rate": None, "gold_reward": None}
         if self.judge is not None:
             m = evaluate_winrate(candidate, baseline, self.judge,
-                                 run=_Into(self.run, f"{where}/judgments-{learner}.jsonl"))
+                                 run=self.run, judgments=f"{where}/judgments-{learner}.jsonl")
             out.update({k: m.get(k) for k in ("win_rate", "win_rate_se", "wins", "ties",
                                               "losses", "n", "lc_win_rate")})
             if self.gold is self.judge:
@@ -864,7 +850,7 @@ class MACPO:
                 out["baseline_gold_reward"] = m["baseline_reward_mean"]
         if self.gold is not None and self.gold is not self.judge:
             g = evaluate_winrate(candidate, baseline, self.gold,
-                                 run=_Into(self.run, f"{where}/gold-{learner}.jsonl"))
+                                 run=self.run, judgments=f"{where}/gold-{learner}.jsonl")
             out["gold_reward"] = g["candidate_reward_mean"]
             out["baseline_gold_reward"] = g["baseline_reward_mean"]
             out["gold_win_rate"] = g["win_rate"]

@@ -226,20 +226,6 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
 # judging
 
 
-class _JudgmentsAs:
-    """The run as :func:`~w2s.evaluation.evaluate_winrate` sees it, with its judgments.jsonl
-    written under another name (one file per decoder)."""
-
-    def __init__(self, run, name: str, decoder: str):
-        self.run, self.name, self.decoder = run, name, decoder
-
-    def write_rows(self, name: str, rows):
-        return self.run.write_rows(self.name if name == "judgments.jsonl" else name, rows)
-
-    def log(self, record: dict) -> None:
-        self.run.log({**record, "decoder": self.decoder})
-
-
 def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, run) -> dict:
     """Guide score V of every answer (from scratch where the decoder kept none), the gold
     reward of every answer and the win rate of every decoder against sampling, through the
@@ -297,7 +283,8 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
             "compute": out["compute"]}
         if name != "sample":
             wr = evaluate_winrate(rows[name], rows["sample"], judge,
-                                  run=_JudgmentsAs(run, f"judgments-{name}.jsonl", name))
+                                  run=run, judgments=f"judgments-{name}.jsonl",
+                                  log={"decoder": name})
             figures.update(win_rate_vs_sample=wr["win_rate"], win_rate_se=wr["win_rate_se"],
                            wins=wr["wins"], ties=wr["ties"], losses=wr["losses"],
                            lc_win_rate=wr["lc_win_rate"])
