@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from w2s import compute
 from w2s.errors import W2SError
 from w2s.progress import Bar, progress_enabled
 
@@ -123,8 +124,9 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
 
     pad_id = _pad_id(tokenizer)
     greedy = cfg.temperature == 0
+    stops = eos_ids(model, tokenizer)
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=not greedy,
-                  pad_token_id=pad_id, eos_token_id=sorted(eos_ids(model, tokenizer)) or None)
+                  pad_token_id=pad_id, eos_token_id=sorted(stops) or None)
     if not greedy:  # explicit: never inherit top_k=50 and friends from generation_config
         kwargs.update(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
     else:
@@ -148,6 +150,8 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
             with torch.no_grad():
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      **kwargs)
+            compute.count(forward=int(mask.sum()),
+                          generated=_generated_tokens(out[:, width:], stops | {pad_id}))
             for row, i in enumerate(idx):
                 outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
             bar.update(advance=len(idx))
@@ -155,6 +159,16 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
         bar.stop()
         torch.random.set_rng_state(generator_state)
     return [outputs[i] for i in range(len(texts))]
+
+
+def _generated_tokens(new, stops: set[int]) -> int:
+    """Tokens sampled in a batch of continuations [B, N]: each row up to and including its
+    first stop token (what follows is padding), else all N."""
+    import torch
+
+    hit = torch.isin(new, torch.tensor(sorted(stops), device=new.device))
+    first = torch.where(hit.any(1), hit.float().argmax(1) + 1, new.shape[1])
+    return int(first.sum())
 
 
 def _encode(tokenizer, texts: list[str], chat: bool) -> list[list[int]]:
@@ -207,12 +221,16 @@ def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingCo
                             seed=cfg.seed, skip_special_tokens=True)
     prompts = [{"prompt_token_ids": ids} for ids in _encode(tokenizer, texts, chat)]
     if adapter is None:
-        return [o.outputs[0].text for o in llm.generate(prompts, params)]
-    from vllm.lora.request import LoRARequest
+        results = llm.generate(prompts, params)
+    else:
+        from vllm.lora.request import LoRARequest
 
-    _REQUESTS[0] += 1
-    request = LoRARequest(adapter.name, _REQUESTS[0], adapter.path)
-    return [o.outputs[0].text for o in llm.generate(prompts, params, lora_request=request)]
+        _REQUESTS[0] += 1
+        request = LoRARequest(adapter.name, _REQUESTS[0], adapter.path)
+        results = llm.generate(prompts, params, lora_request=request)
+    compute.count(forward=sum(len(p["prompt_token_ids"]) for p in prompts),
+                  generated=sum(len(getattr(o.outputs[0], "token_ids", ())) for o in results))
+    return [o.outputs[0].text for o in results]
 
 
 def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig | None = None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from w2s import compute
 from w2s.errors import W2SError
 
 
@@ -165,6 +166,8 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     ZeRO-3 (a partitioned head) the model's full logits are read too; the fp32 log-softmax is
     still computed a chunk at a time.
     """
+    if not torch.is_grad_enabled():  # scoring; a training step's tokens are the loop's to count
+        compute.count(forward=int(attention_mask.sum()))
     labels = input_ids[:, 1:]
     mask = response_mask[:, 1:]
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
