@@ -398,9 +398,16 @@ class FlatField:
     def range_text(self) -> str:
         """The bounds as ``--help`` shows them (``x>=1``, ``0<x<=1``); empty when unbounded."""
         b = self.bounds
-        low = f"{_num(b['min'])}<=" if "min" in b else f"{_num(b['above'])}<" if "above" in b else ""
-        high = f"<={_num(b['max'])}" if "max" in b else f"<{_num(b['below'])}" if "below" in b else ""
-        return f"{low}x{high}" if low or high else ""
+        if "min" in b or "above" in b:
+            low, strict = (b["above"], True) if "above" in b else (b["min"], False)
+            if "max" not in b and "below" not in b:  # one-sided, as click writes it: x>=1
+                return f"x{'>' if strict else '>='}{_num(low)}"
+            start = f"{_num(low)}{'<' if strict else '<='}"
+        else:
+            start = ""
+        if "max" in b or "below" in b:
+            return f"{start}x{'<' if 'below' in b else '<='}{_num(b.get('below', b.get('max')))}"
+        return ""
 
 
 def _default_of(f: dataclasses.Field) -> Any:
