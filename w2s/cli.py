@@ -56,6 +56,8 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
     :func:`_help_text`, since click's own default display would wrap it in parentheses.
     """
     leaves = flat_fields(config_cls)
+    # an app that renders help as rich markup would swallow "[default: 0.5]" and "[x>0]" as tags
+    markup = getattr(target, "rich_markup_mode", None) == "rich"
     params = [inspect.Parameter(
         "recipe", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
         default=typer.Option(None, "--recipe", metavar="PATH", help="recipe YAML filling this "
@@ -64,12 +66,12 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
         ident = "opt_" + "__".join(leaf.path)
         if leaf.is_bool:
             flag = leaf.flag[2:]
-            opt = typer.Option(None, f"--{flag}/--no-{flag}", help=_help_text(leaf),
+            opt = typer.Option(None, f"--{flag}/--no-{flag}", help=_help_text(leaf, markup),
                                show_default=False)
             annotation: Any = Optional[bool]
         else:
-            opt = typer.Option(None, leaf.flag, help=_help_text(leaf), metavar=_metavar(leaf),
-                               show_default=False)
+            opt = typer.Option(None, leaf.flag, help=_help_text(leaf, markup),
+                               metavar=_metavar(leaf), show_default=False)
             annotation = Optional[str]
         params.append(inspect.Parameter(ident, inspect.Parameter.KEYWORD_ONLY,
                                         annotation=annotation, default=opt))
@@ -136,13 +138,15 @@ def _metavar(leaf: FlatField) -> str:
     return f"{name},..." if many else name
 
 
-def _help_text(leaf: FlatField) -> str:
-    """The field's help, then its range (``[x>0]``) and default (``[default: 0.5]``)."""
+def _help_text(leaf: FlatField, markup: bool = False) -> str:
+    """The field's help, then its range (``[x>0]``) and default (``[default: 0.5]``); escaped
+    when the app reads help as rich markup."""
     parts = [leaf.help]
     if leaf.range_text():
         parts.append(f"[{leaf.range_text()}]")
     parts.append(f"[default: {_show(leaf.default)}]")
-    return "  ".join(p for p in parts if p)
+    text = "  ".join(p for p in parts if p)
+    return escape(text) if markup else text
 
 
 def _show(value: Any) -> str:
