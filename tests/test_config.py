@@ -505,3 +505,12 @@ def test_sampling_section_converts_to_the_generate_layers_config():
                                               top_p=0.7, batch_size=16, seed=3)
     with pytest.raises(W2SError, match="top_p"):  # the generate layer's own check still runs
         dataclasses.replace(gen, top_p=0.0).sampling_config()
+
+
+def test_a_message_override_is_for_the_range_not_for_nan():
+    from w2s.methods.macpo.config import MACPOConfig
+
+    with pytest.raises(W2SError, match=r"keeps nothing at or below 1.*got 0.5$"):
+        validate(MACPOConfig(filter_rule="threshold", max_perplexity=0.5))
+    with pytest.raises(W2SError, match=r"^--max-perplexity must be > 1 and finite, got inf$"):
+        validate(MACPOConfig(filter_rule="threshold", max_perplexity=math.inf))

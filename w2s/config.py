@@ -68,8 +68,9 @@ def option(default: Any, help: str, *, choices: list | None = None, cli: str | N
       ones (``above=0``: a learning rate). For a list field they apply to every item; a field
       whose value is none (an optional field left unset) is not bounded.
     - float fields must be finite (NaN and inf are refused) unless ``allow_inf=True``.
-    - ``message``: the sentence a bound violation says instead of the generic ``--flag must be
-      ...`` (``", got <value>"`` is appended); for messages that scripts and tests rely on.
+    - ``message``: the sentence a finite value out of bounds gets instead of the generic
+      ``--flag must be ...`` (``", got <value>"`` is appended; NaN and inf keep the generic
+      one); for messages that scripts and tests rely on.
     - ``cli`` overrides the flag name. Mutable defaults (lists, dicts) are copied per instance.
     """
     meta: dict[str, Any] = {"help": help}
@@ -124,9 +125,12 @@ def config_class(cls: type | None = None, /, **dataclass_options: Any) -> Any:
 
     For each ``name: Section = section(Section, ..., inline=True)`` it declares the fields of
     ``Section`` in its place (their types, defaults, help and bounds; each marked with the
-    section's name), and installs ``name`` as a view: ``cfg.name.x`` is ``cfg.x``. Storage
-    stays flat, so everything that treats the config as a plain dataclass (``fields``,
-    ``asdict``, ``replace``, ``Config(seed=1)``, config.yaml) sees the fields as before.
+    section's name), and installs ``name`` as a view: ``cfg.name.x`` is ``cfg.x``.
+
+    Why the storage is flat and the section a view, not the other way round: everything that
+    treats a config as a plain dataclass keeps working unchanged, namely ``dataclasses.fields``
+    (what :class:`w2s.runs.Run` writes to config.yaml), ``asdict``, ``replace(cfg, seed=1)``,
+    ``Config(seed=1)``, and every ``cfg.seed`` in the experiments.
     """
 
     def wrap(cls: type) -> type:
@@ -221,7 +225,8 @@ def _view_class(section_cls: type, names: tuple[str, ...]) -> type:
         __dataclass_fields__={n: f for n, f in section_cls.__dataclass_fields__.items()
                               if n in names},
         __init__=init, __setattr__=setattr_, __hash__=None,
-        __repr__=lambda self: f"{title}({', '.join(f'{k}={v!r}' for k, v in values(self).items())})",
+        __repr__=lambda self: "{}({})".format(
+            title, ", ".join(f"{k}={v!r}" for k, v in values(self).items())),
         __eq__=lambda self, other: (is_dataclass(other) and not isinstance(other, type)
                                     and values(self) == {n: getattr(other, n, MISSING)
                                                          for n in names}),
@@ -545,7 +550,7 @@ def _check_leaf(leaf: FlatField, value: Any) -> None:
         finite = math.isfinite(v) or (leaf.allow_inf and not math.isnan(v))
         if finite and _within(v, leaf.bounds):
             continue
-        if leaf.message:
+        if leaf.message and finite:  # the override speaks of the range; NaN gets the generic
             raise W2SError(f"{leaf.message}, got {v!r}")
         raise W2SError(f"{leaf.label} must be {_range_words(leaf, item is float)}, got {v!r}")
 
