@@ -1,7 +1,11 @@
 """The CLI: one-line errors with exit 2, config commands from dataclasses, inspection commands."""
 
 import json
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import typer
@@ -58,7 +62,7 @@ def test_runs_and_env(capsys, tmp_path):
 
 @dataclass
 class Inner:
-    lr: float = option(1e-5, "learning rate")
+    lr: float = option(1e-5, "learning rate", above=0)
 
 
 @dataclass
@@ -104,7 +108,12 @@ def test_config_command_errors(capsys, tmp_path):
     code, _, err = run_cli(["demo", "--lr", "fast"], capsys, make_app(store))
     assert code == 2 and "expects float" in err
     code, _, err = run_cli(["demo", "--wek", "gpt2"], capsys, make_app(store))
-    assert code == 2 and "--wek" in err
+    assert code == 2 and "--wek" in err and len(err.strip().splitlines()) == 1
+    for value, shown in (("nan", "nan"), ("inf", "inf"), ("-1", "-1.0"), ("0", "0.0")):
+        code, _, err = run_cli(["demo", "--lr", value], capsys, make_app(store))
+        assert code == 2 and not store
+        assert err.strip() == (f"error: --lr (config key 'train.lr') must be > 0 and finite, "
+                               f"got {shown}")
 
 
 def test_models_and_tasks_tables(capsys):
@@ -127,3 +136,35 @@ def test_models_check_scores_with_the_shared_helper(capsys):
     assert row["prefers_true"] == (row["logp_true"] > row["logp_false"])
     code, _, err = run_cli(["models", "--check", "gtp2"], capsys)
     assert code == 2 and "did you mean 'gpt2'" in err
+
+
+def test_config_command_help_shows_types_bounds_and_plain_defaults(capsys):
+    code, out, _ = run_cli(["demo", "--help"], capsys, make_app([]))
+    assert code == 0
+    assert re.search(r"--weak\s+TEXT\s+weak model\s+\[default: gpt2\]", out)
+    assert re.search(r"--seeds\s+INTEGER,\.\.\.\s+seeds\s+\[default: 0\]", out)
+    assert re.search(r"--lr\s+FLOAT\s+learning rate\s+\[x>0\]\s+\[default: 1e-05\]", out)
+    assert "[default: false]" in out and re.search(r"--recipe\s+PATH", out)
+
+
+@pytest.mark.parametrize("method", ["generalize", "search", "wspo", "macpo", "deception"])
+def test_every_methods_help_shows_real_types_and_plain_defaults(method, capsys):
+    code, out, _ = run_cli([method, "--help"], capsys)
+    assert code == 0
+    assert re.search(r"--\S+ FLOAT\b", out) and re.search(r"--\S+ INTEGER\b", out)
+    assert re.search(r"--\S+ TEXT\b", out) and re.search(r"--\S+ \[\w+(\|[\w-]+)+\]", out)
+    assert "<str>" not in out and "[default: (" not in out
+    assert re.search(r"--seed INTEGER\s.*?\[x>=0\]\s+\[default: 0\]", out, re.S)
+
+
+def test_top_level_help_does_not_import_torch():
+    """`w2s --help` (and every method's --help) builds from torch-free configs."""
+    code = ("import sys\nfrom w2s.cli import main\n"
+            "for args in (['--help'], ['wspo', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout

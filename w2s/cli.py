@@ -13,14 +13,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args, get_origin
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from w2s.config import build_config, flat_fields
+from w2s.config import FlatField, build_config, flat_fields
 from w2s.errors import W2SError
 
 # Piped output (files, CI logs) gets a wide fixed width instead of rich's 80 columns.
@@ -49,26 +49,29 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
                    run: Callable[[Any], Any], help: str) -> Callable:
     """Register ``name`` on ``target``: one flag per config field, plus ``--recipe``.
 
-    Flags default to None ("not given") so only what the user typed overrides the recipe; the
-    help shows the dataclass default. ``run(config)`` receives the resolved config.
+    Flags default to None ("not given") so only what the user typed overrides the recipe; values
+    arrive as text and :func:`w2s.config.build_config` converts and validates them (one-line
+    errors). The help shows each field's type (INTEGER, FLOAT, TEXT, ``[a|b]`` for choices,
+    ``INTEGER,...`` for lists), its bounds and its dataclass default, written by
+    :func:`_help_text`, since click's own default display would wrap it in parentheses.
     """
     leaves = flat_fields(config_cls)
+    # an app that renders help as rich markup would swallow "[default: 0.5]" and "[x>0]" as tags
+    markup = getattr(target, "rich_markup_mode", None) == "rich"
     params = [inspect.Parameter(
         "recipe", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-        default=typer.Option(None, "--recipe", help="recipe YAML filling this config; flags "
-                             "override it"))]
+        default=typer.Option(None, "--recipe", metavar="PATH", help="recipe YAML filling this "
+                             "config; flags override it"))]
     for leaf in leaves:
         ident = "opt_" + "__".join(leaf.path)
-        help_text = leaf.help + (f" [choices: {', '.join(map(str, leaf.choices))}]"
-                                 if leaf.choices else "")
-        default_text = _show(leaf.default)
         if leaf.is_bool:
             flag = leaf.flag[2:]
-            opt = typer.Option(None, f"--{flag}/--no-{flag}", help=help_text,
-                               show_default=default_text)
+            opt = typer.Option(None, f"--{flag}/--no-{flag}", help=_help_text(leaf, markup),
+                               show_default=False)
             annotation: Any = Optional[bool]
         else:
-            opt = typer.Option(None, leaf.flag, help=help_text, show_default=default_text)
+            opt = typer.Option(None, leaf.flag, help=_help_text(leaf, markup),
+                               metavar=_metavar(leaf), show_default=False)
             annotation = Optional[str]
         params.append(inspect.Parameter(ident, inspect.Parameter.KEYWORD_ONLY,
                                         annotation=annotation, default=opt))
@@ -118,9 +121,42 @@ def _print_finished(name: str, metrics: dict) -> None:
         console.print(f"run: {escape(str(path))}  (metrics.json; `w2s report {escape(str(path))}`)")
 
 
+_METAVARS = {int: "INTEGER", float: "FLOAT", str: "TEXT", bool: "BOOLEAN"}
+
+
+def _metavar(leaf: FlatField) -> str:
+    """What ``--help`` writes after the flag: the type, or the choices as ``[a|b|c]``."""
+    item, many = leaf.item_type
+    if leaf.choices:
+        name = "[" + "|".join(map(str, leaf.choices)) + "]"
+    elif get_origin(item) is Literal:
+        name = "[" + "|".join(map(str, get_args(item))) + "]"
+    elif isinstance(item, type) and issubclass(item, Path):
+        name = "PATH"
+    else:
+        name = _METAVARS.get(item, "VALUE")
+    return f"{name},..." if many else name
+
+
+def _help_text(leaf: FlatField, markup: bool = False) -> str:
+    """The field's help, then its range (``[x>0]``) and default (``[default: 0.5]``); escaped
+    when the app reads help as rich markup."""
+    parts = [leaf.help]
+    if leaf.range_text():
+        parts.append(f"[{leaf.range_text()}]")
+    parts.append(f"[default: {_show(leaf.default)}]")
+    text = "  ".join(p for p in parts if p)
+    return escape(text) if markup else text
+
+
 def _show(value: Any) -> str:
-    if isinstance(value, list):
+    """A default as a user would type it: ``0.5``, ``none``, ``true``, ``a,b``, ``""``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "[]"
+    if value == "":
+        return '""'
     return "none" if value is None else str(value)
 
 

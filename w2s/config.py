@@ -1,19 +1,39 @@
-"""Configs: dataclasses with help text, filled from a recipe YAML, overridden by CLI flags.
+"""Configs: dataclasses with help text and bounds, filled from a recipe YAML, overridden by CLI
+flags, checked by one :func:`validate`.
 
 Every command's options are one dataclass. A field is declared with :func:`option`::
 
-    @dataclass
+    @config_class
     class GeneralizeConfig:
         weak: str = option("gpt2", "weak model: registry alias, local path, hub id or tiny:...")
         loss: str = option("xent", "training loss for the strong student",
                            choices=["xent", "logconf", "product"])
-        train: TrainConfig = section(TrainConfig, "optimisation of every model")
+        aux_alpha: float = option(0.5, "logconf: final weight", min=0, max=1)
+        weak_train: StageTrain = section(StageTrain, "fine-tuning of the weak models")
+        runtime: Runtime = section(Runtime, "device, dtype, seed, run dir", inline=True)
 
 Precedence, lowest first: the dataclass defaults, the recipe (``--recipe X.yaml``), CLI flags.
 Unknown keys in a recipe and unknown flags are errors that name the key and the closest valid
-one (a misspelled key silently ignored is how runs go wrong: trl PR #3543). Nested dataclasses are
-sections: a mapping in the recipe (``train: {lr: 1e-5}``) and, on the command line, flags named by
-the leaf (``--lr``) unless two sections share a leaf name, then ``--train-lr``.
+one (a misspelled key silently ignored is how runs go wrong: trl PR #3543).
+
+Sections. A nested dataclass is a section: a mapping in the recipe (``weak_train: {lr: 1e-5}``)
+and, on the command line, flags named by the leaf (``--lr``) unless two sections share a leaf
+name, then ``--weak-train-lr``. An INLINE section (``section(..., inline=True)``) is a group of
+settings that several methods share (:class:`Runtime`, :class:`Sweep`, :class:`Lora`,
+:class:`Judging`, :class:`Sampling`): its fields are spliced into the parent class by
+:func:`config_class`, so they live at the parent level of the recipe and of config.yaml
+(``seed: 1``, ``--seed``) exactly as if they were declared there, and ``cfg.seed`` is a plain
+dataclass field. ``cfg.runtime`` is a live view of those fields (``cfg.runtime.seed`` reads and
+writes ``cfg.seed``) that also has the section's methods (``cfg.sampling.sampling_config()``).
+
+Bounds and validation. ``option(..., min=0, max=1)`` (inclusive), ``above=0`` / ``below=1``
+(strict) declare a number's range; float fields must be finite (no NaN, no inf) unless declared
+with ``allow_inf=True``. :func:`validate` checks every leaf (types, choices, finiteness, bounds)
+with one-line :class:`W2SError`s that name the flag, the value and the range (``--lr must be > 0
+and finite, got nan``), then runs the ``check()`` method of each section and of the config class
+itself (the cross-field rules: "these two precisions must match"). :func:`build_config` calls
+it, and every method's own validation calls it first, so a config built in Python is held to the
+same rules as one built from a recipe.
 
 The resolved config is saved in each run directory (``config.yaml``) and is itself a valid recipe.
 """
@@ -21,6 +41,7 @@ The resolved config is saved in each run directory (``config.yaml``) and is itse
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -29,8 +50,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from w2s.errors import W2SError, did_you_mean
 
-__all__ = ["comma_list", "option", "section", "load_recipe", "build_config", "config_to_dict", "flat_fields",
-           "FlatField", "coerce", "dataclass", "field", "StageTrain", "stage_train"]
+__all__ = ["comma_list", "option", "section", "config_class", "derive", "validate", "load_recipe",
+           "build_config", "config_to_dict", "flat_fields", "FlatField", "coerce", "dataclass",
+           "field", "StageTrain", "stage_train", "Runtime", "Sweep", "Lora", "Judging",
+           "Sampling", "LAUNCHERS"]
+
+_BOUNDS = ("min", "max", "above", "below")
 
 
 def comma_list(text: Any) -> list[str]:
@@ -39,24 +64,212 @@ def comma_list(text: Any) -> list[str]:
     return [part.strip() for part in str(text or "").split(",") if part.strip()]
 
 
-def option(default: Any, help: str, *, choices: list | None = None, cli: str | None = None) -> Any:
-    """A config field with help text (shown by ``--help``) and optional allowed ``choices``.
+def option(default: Any, help: str, *, choices: list | None = None, cli: str | None = None,
+           min: float | None = None, max: float | None = None, above: float | None = None,
+           below: float | None = None, allow_inf: bool = False,
+           message: str | None = None) -> Any:
+    """A config field with help text (shown by ``--help``), optional ``choices`` and bounds.
 
-    Mutable defaults (lists, dicts) are copied per instance. ``cli`` overrides the flag name.
+    - ``min`` / ``max``: inclusive bounds (``min=1``: at least 1); ``above`` / ``below``: strict
+      ones (``above=0``: a learning rate). For a list field they apply to every item; a field
+      whose value is none (an optional field left unset) is not bounded.
+    - float fields must be finite (NaN and inf are refused) unless ``allow_inf=True``.
+    - ``message``: the sentence a finite value out of bounds gets instead of the generic
+      ``--flag must be ...`` (``", got <value>"`` is appended; NaN and inf keep the generic
+      one); for messages that scripts and tests rely on.
+    - ``cli`` overrides the flag name. Mutable defaults (lists, dicts) are copied per instance.
     """
-    meta = {"help": help}
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = list(choices)
     if cli is not None:
         meta["cli"] = cli
+    bounds = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below))
+              if v is not None}
+    if "min" in bounds and "above" in bounds or "max" in bounds and "below" in bounds:
+        raise TypeError("give min or above (max or below), not both")
+    if bounds:
+        meta["bounds"] = bounds
+    if allow_inf:
+        meta["allow_inf"] = True
+    if message is not None:
+        meta["message"] = message
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, help: str) -> Any:
-    """A nested config dataclass (a mapping in the recipe, leaf-named flags on the CLI)."""
-    return field(default_factory=cls, metadata={"help": help, "section": True})
+def section(cls: type, help: str, *, inline: bool = False, drop: tuple[str, ...] = ()) -> Any:
+    """A group of settings: a nested config dataclass.
+
+    Nested (the default): a mapping in the recipe (``dpo: {lr: ...}``), leaf-named flags on the
+    CLI, ``cfg.dpo`` an instance of ``cls``.
+
+    ``inline=True``: the fields of ``cls`` become fields of the parent (declare the parent with
+    :func:`config_class`), keeping their names, flags and recipe keys, and ``cfg.<name>`` is a
+    live view of them. ``drop`` leaves out fields the parent does not have (a method that takes
+    no ``--device`` uses ``section(Runtime, ..., inline=True, drop=("device",))``).
+    """
+    if drop and not inline:
+        raise TypeError("drop= is for inline sections (a nested section holds every field)")
+    unknown = set(drop) - {f.name for f in fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)} to drop")
+    meta: dict[str, Any] = {"help": help, "section": True}
+    if inline:
+        meta.update(inline=True, section_class=cls, drop=tuple(drop))
+    return field(default_factory=cls, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# inline sections
+
+
+def config_class(cls: type | None = None, /, **dataclass_options: Any) -> Any:
+    """``@dataclass`` for a command's config: splices in its inline sections, then makes it a
+    dataclass (``dataclass_options`` are passed on).
+
+    For each ``name: Section = section(Section, ..., inline=True)`` it declares the fields of
+    ``Section`` in its place (their types, defaults, help and bounds; each marked with the
+    section's name), and installs ``name`` as a view: ``cfg.name.x`` is ``cfg.x``.
+
+    Why the storage is flat and the section a view, not the other way round: everything that
+    treats a config as a plain dataclass keeps working unchanged, namely ``dataclasses.fields``
+    (what :class:`w2s.runs.Run` writes to config.yaml), ``asdict``, ``replace(cfg, seed=1)``,
+    ``Config(seed=1)``, and every ``cfg.seed`` in the experiments.
+    """
+
+    def wrap(cls: type) -> type:
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        annotations: dict[str, Any] = {}
+        inline: dict[str, tuple[type, tuple[str, ...]]] = {}
+        for name, annotation in own.items():
+            declared = cls.__dict__.get(name)
+            meta = declared.metadata if isinstance(declared, dataclasses.Field) else {}
+            if not meta.get("inline"):
+                annotations[name] = annotation
+                continue
+            section_cls = meta["section_class"]
+            hints = typing.get_type_hints(section_cls)
+            kept = []
+            for f in fields(section_cls):
+                if f.name in meta["drop"]:
+                    continue
+                if f.name in own or f.name in annotations:
+                    raise TypeError(f"{cls.__name__}: inline section '{name}' brings a field "
+                                    f"'{f.name}' that the class already has")
+                annotations[f.name] = hints[f.name]
+                setattr(cls, f.name, field(default=f.default, default_factory=f.default_factory,
+                                           metadata={**f.metadata, "in_section": name}))
+                kept.append(f.name)
+            delattr(cls, name)
+            inline[name] = (section_cls, tuple(kept))
+        cls.__annotations__ = annotations
+        out = dataclasses.dataclass(cls, **dataclass_options)
+        for name, (section_cls, kept) in inline.items():
+            setattr(out, name, InlineSection(name, section_cls, kept))
+        return out
+
+    return wrap if cls is None else wrap(cls)
+
+
+class InlineSection:
+    """The descriptor behind ``cfg.<section>`` of an inline section (see :func:`config_class`).
+
+    ``cfg.runtime`` returns a view: an instance of a subclass of the section class whose fields
+    are properties reading and writing the parent's (``cfg.runtime.seed = 3`` sets ``cfg.seed``),
+    so the section's methods work on it. ``dataclasses.fields(view)`` lists the fields the parent
+    has (not dropped ones). ``cfg.runtime = Runtime(...)`` copies that section's values in.
+    """
+
+    def __init__(self, name: str, section_cls: type, names: tuple[str, ...]):
+        self.name, self.section_cls, self.names = name, section_cls, names
+        self.view_cls = _view_class(section_cls, names)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        view = object.__new__(self.view_cls)
+        object.__setattr__(view, "_owner", obj)
+        return view
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        for name in self.names:
+            setattr(obj, name, getattr(value, name))
+
+
+def _view_class(section_cls: type, names: tuple[str, ...]) -> type:
+    """A subclass of ``section_cls`` whose instances forward ``names`` to ``self._owner``."""
+    title = section_cls.__name__
+
+    def forward(name: str) -> property:
+        return property(lambda self: getattr(self._owner, name),
+                        lambda self, value: setattr(self._owner, name, value))
+
+    def dropped(name: str) -> property:
+        def get(self):
+            raise AttributeError(f"{type(self._owner).__name__} has no '{name}' (its {title} "
+                                 "section leaves it out)")
+        return property(get)
+
+    def init(self, *args, **kwargs):
+        raise TypeError(f"a {title} view cannot be constructed or replaced; build a {title} "
+                        "or change the fields of the config itself")
+
+    def setattr_(self, name, value):
+        if name not in names:
+            raise AttributeError(f"{title} view: no field '{name}'")
+        object.__setattr__(self, name, value)  # the property forwards it
+
+    def values(self) -> dict[str, Any]:
+        return {n: getattr(self, n) for n in names}
+
+    namespace: dict[str, Any] = {
+        f.name: forward(f.name) if f.name in names else dropped(f.name)
+        for f in fields(section_cls)}
+    namespace.update(
+        __dataclass_fields__={n: f for n, f in section_cls.__dataclass_fields__.items()
+                              if n in names},
+        __init__=init, __setattr__=setattr_, __hash__=None,
+        __repr__=lambda self: "{}({})".format(
+            title, ", ".join(f"{k}={v!r}" for k, v in values(self).items())),
+        __eq__=lambda self, other: (is_dataclass(other) and not isinstance(other, type)
+                                    and values(self) == {n: getattr(other, n, MISSING)
+                                                         for n in names}),
+        __doc__=f"Live view of the {title} fields of a config (see InlineSection).")
+    return type(f"{title}View", (section_cls,), namespace)
+
+
+def derive(cls: type, name: str | None = None, doc: str | None = None, *,
+           module: str | None = None, help: dict[str, str] | None = None,
+           **defaults: Any) -> type:
+    """A subclass of the section dataclass ``cls`` with other ``defaults`` (and ``help``
+    texts): one line per method instead of a copy of every field, e.g.
+    ``derive(Sampling, temperature=0.7, max_new_tokens=50)``. Bounds and choices are kept."""
+    help = help or {}
+    unknown = (set(defaults) | set(help)) - {f.name for f in fields(cls)}
+    if unknown:
+        raise TypeError(f"{name or cls.__name__}: {cls.__name__} has no field(s) "
+                        f"{sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
+    changed = []
+    for f in fields(cls):
+        if f.name not in defaults and f.name not in help:
+            continue
+        meta = {**f.metadata, "help": help.get(f.name, f.metadata.get("help", ""))}
+        if f.name in defaults:
+            value = defaults[f.name]
+            if isinstance(value, (list, dict, set)):
+                new = field(default_factory=lambda d=value: type(d)(d), metadata=meta)
+            else:
+                new = field(default=value, metadata=meta)
+        else:
+            new = field(default=f.default, default_factory=f.default_factory, metadata=meta)
+        changed.append((f.name, hints[f.name], new))
+    out = dataclasses.make_dataclass(name or cls.__name__, changed, bases=(cls,))
+    out.__doc__ = doc if doc is not None else cls.__doc__
+    out.__module__ = module or cls.__module__
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,6 +289,14 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     return False, tp
 
 
+def _item_type(tp: Any) -> tuple[Any, bool]:
+    """``(type of one value, is a list)``: ``list[int] | None`` -> ``(int, True)``."""
+    inner = _is_optional(tp)[1]
+    if get_origin(inner) in (list, tuple) or inner in (list, tuple):
+        return (get_args(inner)[:1] or (str,))[0], True
+    return inner, False
+
+
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
@@ -84,7 +305,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a recipe or CLI value to the field's type; a mismatch is a W2SError naming key.
 
     CLI values arrive as strings: ``"1e-5"`` -> float, ``"true"`` -> bool, ``"0,1,2"`` -> list[int],
-    ``"none"`` -> None for optional fields.
+    ``"none"`` -> None for optional fields. Ranges are :func:`validate`'s job, not this one's.
     """
     optional, inner = _is_optional(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
@@ -153,7 +374,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 @dataclass
 class FlatField:
-    """One leaf of a (possibly nested) config: its path, CLI flag, type, default, help."""
+    """One leaf of a (possibly nested) config: its path, CLI flag, type, default, help, and
+    what :func:`validate` holds it to (``bounds``: ``min``/``max``/``above``/``below``)."""
 
     path: tuple[str, ...]
     flag: str
@@ -161,6 +383,10 @@ class FlatField:
     default: Any
     help: str
     choices: list | None
+    bounds: dict[str, float] = field(default_factory=dict)
+    allow_inf: bool = False
+    message: str | None = None
+    in_section: str | None = None  # the inline section it came from (runtime, sampling, ...)
 
     @property
     def key(self) -> str:
@@ -169,6 +395,30 @@ class FlatField:
     @property
     def is_bool(self) -> bool:
         return _is_optional(self.type)[1] is bool
+
+    @property
+    def item_type(self) -> tuple[Any, bool]:
+        """``(type of one value, is a list)``, none-ability left out: what ``--help`` names."""
+        return _item_type(self.type)
+
+    @property
+    def label(self) -> str:
+        """How errors name the leaf: its flag, plus the recipe key when a section hides it."""
+        return self.flag if len(self.path) == 1 else f"{self.flag} (config key '{self.key}')"
+
+    def range_text(self) -> str:
+        """The bounds as ``--help`` shows them (``x>=1``, ``0<x<=1``); empty when unbounded."""
+        b = self.bounds
+        if "min" in b or "above" in b:
+            low, strict = (b["above"], True) if "above" in b else (b["min"], False)
+            if "max" not in b and "below" not in b:  # one-sided, as click writes it: x>=1
+                return f"x{'>' if strict else '>='}{_num(low)}"
+            start = f"{_num(low)}{'<' if strict else '<='}"
+        else:
+            start = ""
+        if "max" in b or "below" in b:
+            return f"{start}x{'<' if 'below' in b else '<='}{_num(b.get('below', b.get('max')))}"
+        return ""
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -186,13 +436,18 @@ def flat_fields(cls: type) -> list[FlatField]:
     def walk(c: type, prefix: tuple[str, ...]) -> None:
         hints = _resolved_hints(c)
         for f in fields(c):
+            meta = f.metadata or {}
+            if meta.get("inline"):
+                raise TypeError(f"{c.__name__}.{f.name} is an inline section: declare "
+                                f"{c.__name__} with @config_class, not @dataclass")
             tp = hints[f.name]
             if is_dataclass(tp):
                 walk(tp, prefix + (f.name,))
                 continue
-            meta = f.metadata or {}
             leaves.append(FlatField(prefix + (f.name,), meta.get("cli", ""), tp, _default_of(f),
-                                    meta.get("help", ""), meta.get("choices")))
+                                    meta.get("help", ""), meta.get("choices"),
+                                    dict(meta.get("bounds", {})), meta.get("allow_inf", False),
+                                    meta.get("message"), meta.get("in_section")))
 
     walk(cls, ())
     counts: dict[str, int] = {}
@@ -203,6 +458,137 @@ def flat_fields(cls: type) -> list[FlatField]:
             name = leaf.path[-1] if counts[leaf.path[-1]] == 1 else "_".join(leaf.path)
             leaf.flag = "--" + name.replace("_", "-")
     return leaves
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def validate(cfg: Any) -> Any:
+    """Check a config the way the CLI does; return it. Raises a one-line :class:`W2SError`.
+
+    In order: every section is an instance of its declared class; every leaf has its declared
+    type (an int is accepted for a float), one of its ``choices``, is finite when a float
+    (unless ``allow_inf``) and within its bounds; then the ``check()`` method of each section
+    (nested or inline) and of the config class, which hold the rules across fields. Errors name
+    the flag: ``--gamma must be > 0 and finite, got inf``.
+    """
+    if not is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"validate() takes a config instance, got {cfg!r}")
+    _check_sections(cfg, ())
+    for leaf in flat_fields(type(cfg)):
+        value = cfg
+        for part in leaf.path:
+            value = getattr(value, part)
+        _check_leaf(leaf, value)
+    for part in _parts(cfg):
+        check = getattr(type(part), "check", None)
+        if callable(check):
+            check(part)
+    return cfg
+
+
+def _check_sections(obj: Any, prefix: tuple[str, ...]) -> None:
+    hints = _resolved_hints(type(obj))
+    for f in fields(obj):
+        tp = hints[f.name]
+        if not is_dataclass(tp):
+            continue
+        value = getattr(obj, f.name)
+        key = ".".join(prefix + (f.name,))
+        if not isinstance(value, tp):
+            raise W2SError(f"config key '{key}' is a section: give a {tp.__name__}, got "
+                           f"{value!r}")
+        _check_sections(value, prefix + (f.name,))
+
+
+def _parts(cfg: Any) -> list[Any]:
+    """The sections of a config, innermost first, then the config itself (what checks run on)."""
+    out: list[Any] = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            out += _parts(value)
+    views = {name: attr for klass in reversed(type(cfg).__mro__)
+             for name, attr in vars(klass).items() if isinstance(attr, InlineSection)}
+    out += [attr.__get__(cfg) for attr in views.values()]
+    return out + [cfg]
+
+
+_TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    optional, inner = _is_optional(tp)
+    if value is None:
+        return optional
+    item, many = _item_type(inner)
+    if many:
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if get_origin(inner) is Literal:
+        return value in get_args(inner)
+    if inner is bool:
+        return isinstance(value, bool)
+    if inner is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if inner is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if inner is str:
+        return isinstance(value, str)
+    if isinstance(inner, type) and issubclass(inner, Path):
+        return isinstance(value, (str, Path))
+    return True  # Any, unions of several types: not checked here
+
+
+def _check_leaf(leaf: FlatField, value: Any) -> None:
+    if not _type_ok(value, leaf.type):
+        item, many = leaf.item_type
+        name = getattr(item, "__name__", str(item))
+        raise W2SError(f"{leaf.label} expects {f'a list of {name}' if many else name}, got "
+                       f"{value!r}")
+    if value is None:
+        return
+    _check_choices(value, leaf.choices, leaf.key)
+    item, _ = leaf.item_type
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        finite = math.isfinite(v) or (leaf.allow_inf and not math.isnan(v))
+        if finite and _within(v, leaf.bounds):
+            continue
+        if leaf.message and finite:  # the override speaks of the range; NaN gets the generic
+            raise W2SError(f"{leaf.message}, got {v!r}")
+        raise W2SError(f"{leaf.label} must be {_range_words(leaf, item is float)}, got {v!r}")
+
+
+def _within(v: float, b: dict[str, float]) -> bool:
+    return (("min" not in b or v >= b["min"]) and ("max" not in b or v <= b["max"])
+            and ("above" not in b or v > b["above"]) and ("below" not in b or v < b["below"]))
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _range_words(leaf: FlatField, is_float: bool) -> str:
+    """``in [0, 1]``, ``> 0 and finite``, ``at least 1``, ``finite``: what an error says."""
+    b = leaf.bounds
+    low = ("min", b["min"]) if "min" in b else ("above", b["above"]) if "above" in b else None
+    high = ("max", b["max"]) if "max" in b else ("below", b["below"]) if "below" in b else None
+    if low and high:
+        text = (f"in {'[' if low[0] == 'min' else '('}{_num(low[1])}, {_num(high[1])}"
+                f"{']' if high[0] == 'max' else ')'}")
+    elif low:
+        text = (f"at least {_num(low[1])}" if low[0] == "min" and not is_float
+                else f"{'>=' if low[0] == 'min' else '>'} {_num(low[1])}")
+    elif high:
+        text = f"{'<=' if high[0] == 'max' else '<'} {_num(high[1])}"
+    else:
+        text = ""
+    if is_float and not (low and high):
+        finite = "not NaN" if leaf.allow_inf else "finite"
+        text = f"{text} and {finite}" if text else finite
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,8 +647,9 @@ def _check_choices(value: Any, choices: list | None, key: str) -> None:
 
 def build_config(cls: type, recipe: dict | str | Path | None = None,
                  overrides: dict[str, Any] | None = None) -> Any:
-    """Defaults <- recipe <- overrides. Override keys are dotted paths (``train.lr``) or leaf
-    names (``lr``) as the CLI flag names them; values may be strings (from the CLI)."""
+    """Defaults <- recipe <- overrides, then :func:`validate`. Override keys are dotted paths
+    (``train.lr``) or leaf names (``lr``) as the CLI flag names them; values may be strings
+    (from the CLI)."""
     cfg = cls()
     origin = "the recipe"
     if isinstance(recipe, (str, Path)):
@@ -285,11 +672,12 @@ def build_config(cls: type, recipe: dict | str | Path | None = None,
                 cursor = cursor.setdefault(part, {})
             cursor[leaf.path[-1]] = value
             _apply_mapping(cfg, nested, "the command line")
-    return cfg
+    return validate(cfg)
 
 
 def config_to_dict(cfg: Any) -> dict:
-    """Plain dict of a config (nested sections as dicts): what config.yaml stores."""
+    """Plain dict of a config (nested sections as dicts, inline ones at the parent level, as
+    they are stored): what config.yaml stores, a valid recipe."""
     out = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
@@ -307,6 +695,10 @@ def config_to_dict(cfg: Any) -> dict:
 # --------------------------------------------------------------------------------------------
 # training sections
 
+OPTIMIZERS = ("adamw", "adam", "sgd")        # w2s.train.loop's, kept torch-free here (a test
+SCHEDULERS = ("cosine", "linear", "constant")  # compares them)
+PRECISIONS = ("no", "bf16", "fp16")
+
 
 @dataclass
 class StageTrain:
@@ -319,26 +711,24 @@ class StageTrain:
     means "the method's default for this stage" (given to :meth:`train_config`).
     """
 
-    lr: float | None = field(default=None, metadata={
-        "help": "peak learning rate; none = the method's default for this stage"})
-    epochs: float | None = field(default=1.0, metadata={
-        "help": "passes over the training examples (fractions allowed)"})
-    max_steps: int | None = field(default=None, metadata={
-        "help": "optimizer steps; overrides epochs when set"})
-    batch_size: int = field(default=32, metadata={"help": "global batch (examples per step)"})
-    micro_batch_size: int | None = field(default=8, metadata={
-        "help": "examples per forward pass per device (gradient accumulation makes up the "
-                "rest); none = the batch split evenly over the processes"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw, adam or sgd"})
-    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
-    scheduler: str = field(default="cosine", metadata={"help": "cosine, linear or constant"})
-    warmup_ratio: float = field(default=0.0, metadata={"help": "lr warm-up fraction"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
-    checkpoint_every: int = field(default=0, metadata={
-        "help": "resumable checkpoint every N steps (0: every epoch)"})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute activations: less memory, slower"})
+    lr: float | None = option(None, "peak learning rate; none = the method's default for this "
+                              "stage", above=0)
+    epochs: float | None = option(1.0, "passes over the training examples (fractions allowed)",
+                                  above=0)
+    max_steps: int | None = option(None, "optimizer steps; overrides epochs when set", min=1)
+    batch_size: int = option(32, "global batch (examples per step)", min=1)
+    micro_batch_size: int | None = option(
+        8, "examples per forward pass per device (gradient accumulation makes up the rest); "
+        "none = the batch split evenly over the processes", min=1)
+    optimizer: str = option("adamw", "adamw, adam or sgd", choices=list(OPTIMIZERS))
+    weight_decay: float = option(0.0, "weight decay", min=0)
+    scheduler: str = option("cosine", "cosine, linear or constant", choices=list(SCHEDULERS))
+    warmup_ratio: float = option(0.0, "lr warm-up fraction", min=0, below=1)
+    max_grad_norm: float | None = option(1.0, "gradient clipping; none = off", above=0)
+    mixed_precision: str = option("no", "no, bf16 or fp16", choices=list(PRECISIONS))
+    checkpoint_every: int = option(0, "resumable checkpoint every N steps (0: every epoch)",
+                                   min=0)
+    gradient_checkpointing: bool = option(False, "recompute activations: less memory, slower")
 
     def train_config(self, *, seed: int, default_lr: float | None = None,
                      default_epochs: float | None = None, **changes: Any):
@@ -363,20 +753,83 @@ def stage_train(name: str, doc: str, *, module: str, help: dict[str, str] | None
     """A :class:`StageTrain` subclass with other ``defaults`` (and ``help`` texts): one line per
     method section instead of a copy of every field, e.g.
     ``WSPOTrain = stage_train("WSPOTrain", "...", module=__name__, lr=5e-6, epochs=3.0)``."""
-    help = help or {}
-    unknown = set(defaults) | set(help)
-    unknown -= {f.name for f in dataclasses.fields(StageTrain)}
+    unknown = (set(defaults) | set(help or {})) - {f.name for f in dataclasses.fields(StageTrain)}
     if unknown:
         raise TypeError(f"{name}: StageTrain has no field(s) {sorted(unknown)}")
-    hints = typing.get_type_hints(StageTrain)
-    fields = []
-    for f in dataclasses.fields(StageTrain):
-        if f.name not in defaults and f.name not in help:
-            continue
-        meta = {**f.metadata, "help": help.get(f.name, f.metadata["help"])}
-        fields.append((f.name, hints[f.name],
-                       field(default=defaults.get(f.name, f.default), metadata=meta)))
-    cls = dataclasses.make_dataclass(name, fields, bases=(StageTrain,))
-    cls.__doc__ = doc
-    cls.__module__ = module
-    return cls
+    return derive(StageTrain, name, doc, module=module, help=help, **defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# shared sections: declared once here, used inline by the methods (flags and recipe keys at the
+# top level); a method changes a default with derive(), and leaves out what it lacks with drop=
+
+
+@dataclass
+class Runtime:
+    """Where a run executes and where it writes: device, weights' dtype, seed, run directory."""
+
+    device: str = option("auto", "auto, cpu, cuda or mps")
+    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
+    seed: int = option(0, "seed of everything the run draws at random (data samples and splits, "
+                       "initialisation, training, sampling)", min=0)
+    run_dir: str | None = option(None, "run directory (default runs/<method>/<time>-<hash>); an "
+                                 "unfinished one is reopened")
+
+
+LAUNCHERS = ("none", "local", "ray")  # w2s.launch's
+
+
+@dataclass
+class Sweep:
+    """A sweep over seeds, and how its jobs are fanned out (:func:`w2s.launch.fan_out`)."""
+
+    seeds: list[int] = option([], "several seeds (a sweep; overrides seed)", min=0)
+    launcher: str = option("none", "fan a sweep out: none (this process), local (one job per "
+                           "visible GPU, or --workers CPU processes), ray (a Ray cluster)",
+                           choices=list(LAUNCHERS))
+    workers: int = option(0, "launcher local without GPUs: CPU worker processes (0 = 1)", min=0)
+
+
+@dataclass
+class Lora:
+    """LoRA adapters: rank, scale and the modules they go on."""
+
+    lora_r: int = option(8, "LoRA: adapter rank", min=1)
+    lora_alpha: int = option(16, "LoRA: scale numerator (updates are scaled by lora_alpha / "
+                             "lora_r)", min=1)
+    lora_targets: str = option("auto", "LoRA: modules the adapters go on: auto = the query and "
+                               "value projections (q_proj,v_proj; GPT-2's fused c_attn); a comma "
+                               "list of module names; or all-linear")
+
+
+@dataclass
+class Judging:
+    """Who judges the answers (:mod:`w2s.evaluation.judges`) and how a model judge is batched."""
+
+    judge: str = option("vader", "judge of the answers: vader | reward:NAME | rm:MODEL | "
+                        "cls:MODEL:LABEL | llm:MODEL | api:URL[#MODEL]; a reward judge also "
+                        "gives the gold reward")
+    judge_batch_size: int = option(16, "responses per forward pass of a model judge", min=1)
+
+
+@dataclass
+class Sampling:
+    """How answers are sampled; :meth:`sampling_config` gives the generate layer's
+    :class:`w2s.models.generate.SamplingConfig`."""
+
+    max_new_tokens: int = option(128, "tokens generated per answer", min=1)
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy", min=0)
+    top_k: int = option(0, "keep the k most likely tokens; 0 = off (never taken from the "
+                        "model's generation_config)", min=0)
+    top_p: float = option(1.0, "nucleus sampling mass; 1.0 = off", above=0, max=1)
+
+    def sampling_config(self, **changes: Any):
+        """The validated :class:`~w2s.models.generate.SamplingConfig`: this section's fields
+        that it has (the four above; ``batch_size`` and ``seed`` too where a derived section
+        holds them), then ``changes`` (e.g. ``batch_size=cfg.gen_batch_size, seed=cfg.seed``)."""
+        from w2s.models.generate import SamplingConfig
+
+        names = {f.name for f in dataclasses.fields(SamplingConfig)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name in names}
+        return SamplingConfig(**{**values, **changes}).validate()

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from w2s.config import option, section, stage_train
+from w2s.config import Lora, Runtime, Sweep, config_class, option, section, stage_train, validate
 from w2s.errors import W2SError
 
 OBJECTIVES = ("reward", "dpo", "simpo")
@@ -33,13 +33,17 @@ class DeceptionTrain(stage_train(
     """How every model is trained (the shared loop's settings) with the authors' defaults;
     ``lr`` / ``epochs`` none means the objective's default."""
 
-    sft_epochs: float = field(default=1.0, metadata={
-        "help": "dpo/simpo: epochs of SFT on the preferred responses first (0: none)"})
+    sft_epochs: float = option(1.0, "dpo/simpo: epochs of SFT on the preferred responses first "
+                               "(0: none)", min=0)
 
 
-@dataclass
+@config_class
 class DeceptionConfig:
-    """``w2s deception``: weak-to-strong deception experiments and the deception score."""
+    """``w2s deception``: weak-to-strong deception experiments and the deception score.
+
+    Inline sections (flags and recipe keys at the top level): ``lora`` (lora_r, lora_alpha),
+    ``sweep`` (seeds, launcher, workers), ``runtime`` (device, dtype, seed, run_dir).
+    """
 
     weak: str = option("gpt2", "the weak supervisor: alias, local dir, hub id or tiny:...")
     strong: str = option("gpt2-medium", "strong model(s); a comma list sweeps (each must be "
@@ -59,36 +63,34 @@ class DeceptionConfig:
                            "implicit, explicit, or auto (explicit if trained, else implicit)",
                            choices=["auto", "implicit", "explicit"])
     alpha: float = option(0.5, "explicit conflict: weight of the term that pushes existing "
-                          "harmful preferences")
+                          "harmful preferences", min=0)
     conf_threshold: float | None = option(None, "keep only weak labels with max(s, 1 - s) >= "
-                                          "this (0.75 in the paper); none = keep all")
-    beta: float | None = option(None, "dpo/simpo beta; none = 0.1 (dpo) or 2.0 (simpo)")
+                                          "this (0.75 in the paper; max(s, 1 - s) is never below "
+                                          "0.5); none = keep all", min=0.5, below=1)
+    beta: float | None = option(None, "dpo/simpo beta; none = 0.1 (dpo) or 2.0 (simpo)", above=0)
     simpo_gamma: float = option(1.0, "simpo: target margin gamma")
     mode: str = option("full", "full fine-tuning, lora adapters, or (reward) a linear probe on "
                        "frozen features", choices=list(MODES))
-    lora_r: int = option(8, "lora: adapter rank")
-    lora_alpha: int = option(16, "lora: adapter scale numerator")
+    lora: Lora = section(Lora, "lora: the adapters", inline=True, drop=("lora_targets",))
     n_train: int = option(8000, "training pairs, split in halves: ground truth (ceilings) and "
-                          "W2S (weak labels)")
-    n_test: int = option(4000, "test pairs (a warning below 500)")
+                          "W2S (weak labels)", min=2)
+    n_test: int = option(4000, "test pairs (a warning below 500)", min=2)
     n_helpful: int | None = option(None, "implicit conflict: helpfulness pairs added; none = as "
-                                   "many as the W2S half")
+                                   "many as the W2S half", min=1)
     max_ctx: int = option(512, "tokens per prompt + response; longer ones keep their last "
-                          "max_ctx tokens (LEFT truncation)")
+                          "max_ctx tokens (LEFT truncation)", min=2)
     eos: bool = option(False, "append EOS to each response (the authors' models read the last "
                        "text token, no EOS)")
-    seed: int = option(0, "seed of the data sample, the A/B split and training")
-    seeds: list[int] = option([], "several seeds (a sweep; overrides seed)")
-    eval_batch_size: int = option(32, "pairs per forward pass when predicting")
-    launcher: str = option("none", "fan a sweep out: none (this process), local (one job per "
-                           "visible GPU, or --workers CPU processes), ray (a Ray cluster)",
-                           choices=["none", "local", "ray"])
-    workers: int = option(0, "launcher local without GPUs: CPU worker processes (0 = 1)")
-    device: str = option("auto", "auto, cpu, cuda or mps")
-    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
-    run_dir: str | None = option(None, "run directory (default runs/deception/<time>-<hash>)")
+    eval_batch_size: int = option(32, "pairs per forward pass when predicting", min=2)
+    sweep: Sweep = section(Sweep, "seeds and how the sweep fans out", inline=True)
+    runtime: Runtime = section(Runtime, "device, dtype, seed, run directory", inline=True)
     train: DeceptionTrain = section(DeceptionTrain, "training of every model")
 
+    def check(self) -> None:
+        """The rules across fields (:func:`w2s.config.validate` runs it after the bounds)."""
+        if self.mode == "probe" and self.objective != "reward":
+            raise W2SError(f"mode probe trains a linear head on frozen features: only the reward "
+                           f"objective has one; use --mode full or lora with {self.objective}")
 
 
 def sweep_jobs(plan: dict) -> dict[str, dict]:
@@ -106,24 +108,11 @@ def _names(text: str) -> list[str]:
 def plan_experiments(cfg: DeceptionConfig) -> dict:
     """Validate the config and list what to run. One-line :class:`W2SError` for: a weak model
     larger than the strong one (or than the intermediate), a conflict setting without the data
-    it needs, a probe with an LM objective, bad numbers."""
+    it needs, and what :func:`w2s.config.validate` refuses (bad numbers and choices, a probe with
+    an LM objective)."""
     from w2s.models import resolve_model
 
-    if cfg.alpha < 0:
-        raise W2SError(f"alpha must be >= 0, got {cfg.alpha}")
-    if cfg.conf_threshold is not None and not 0.5 <= cfg.conf_threshold < 1.0:
-        raise W2SError(f"conf_threshold must be in [0.5, 1) (max(s, 1 - s) is never below 0.5), "
-                       f"got {cfg.conf_threshold}")
-    if cfg.beta is not None and cfg.beta <= 0:
-        raise W2SError(f"beta must be > 0, got {cfg.beta}")
-    for key in ("n_train", "n_test", "max_ctx", "eval_batch_size"):
-        if getattr(cfg, key) < 2:
-            raise W2SError(f"{key} must be at least 2, got {getattr(cfg, key)}")
-    if cfg.n_helpful is not None and cfg.n_helpful < 1:
-        raise W2SError(f"n_helpful must be at least 1 (or none), got {cfg.n_helpful}")
-    if cfg.mode == "probe" and cfg.objective != "reward":
-        raise W2SError(f"mode probe trains a linear head on frozen features: only the reward "
-                       f"objective has one; use --mode full or lora with {cfg.objective}")
+    validate(cfg)  # types, choices, bounds (alpha >= 0, n_train >= 2, ...), check()
     stage_config(cfg, 1e-5, 1.0, 0)  # bad optimizer, scheduler, sizes: one line here
 
     settings = [s for s in CONFLICTS if s in cfg.conflict and s != "none"]

@@ -3,10 +3,9 @@ and the plan of chains and seeds it asks for."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from w2s.config import option, section, stage_train
+from w2s.config import Lora, Runtime, Sweep, config_class, option, section, stage_train, validate
 from w2s.data.tinyworld import WorldConfig
 from w2s.errors import W2SError
 
@@ -23,9 +22,13 @@ StageTrain = stage_train(
           "scheduler": "cosine to 0 (the paper), linear or constant"})
 
 
-@dataclass
+@config_class
 class GeneralizeConfig:
-    """``w2s generalize``: weak-to-strong generalization with PGR."""
+    """``w2s generalize``: weak-to-strong generalization with PGR.
+
+    Inline sections (flags and recipe keys at the top level): ``lora`` (lora_r, lora_alpha),
+    ``sweep`` (seeds, launcher, workers), ``runtime`` (device, dtype, seed, run_dir).
+    """
 
     weak: str = option("gpt2", "weak model(s): alias, local dir, hub id or tiny:...; a comma "
                        "list sweeps")
@@ -37,34 +40,34 @@ class GeneralizeConfig:
                        "tinyworld")
     loss: str = option("xent", "the strong student's loss on weak labels", choices=list(LOSSES))
     aux_alpha: float = option(0.5, "logconf: final weight of the student's own hardened labels "
-                              "(0.75 for the largest students in the paper)")
+                              "(0.75 for the largest students in the paper)", min=0, max=1)
     warmup_frac: float = option(0.2, "logconf: fraction of steps over which the weight rises "
-                                "linearly from 0 to aux_alpha")
+                                "linearly from 0 to aux_alpha", min=0, max=1)
     mode: str = option("full", "full fine-tune, lora adapters, or linear probe on frozen "
                        "features", choices=list(MODES))
-    lora_r: int = option(8, "lora: adapter rank")
-    lora_alpha: int = option(16, "lora: adapter scale numerator")
-    n_train: int = option(20000, "training documents (split in halves A and B)")
-    n_test: int = option(10000, "test documents (a warning below 500)")
+    lora: Lora = section(Lora, "lora: the adapters", inline=True, drop=("lora_targets",))
+    n_train: int = option(20000, "training documents (split in halves A and B)", min=2)
+    n_test: int = option(10000, "test documents (a warning below 500)", min=2)
     max_ctx: int = option(1024, "tokens per document; longer ones are truncated on the left "
-                          "(kept, not dropped)")
-    seed: int = option(0, "seed of the A/B split, the sampled documents and training")
-    seeds: list[int] = option([], "several seeds (a sweep; overrides seed)")
+                          "(kept, not dropped)", min=2)
     gen_finetune: bool = option(False, "LM fine-tuning on the task's unlabeled texts before "
                                 "classification")
-    gen_epochs: float = option(1.0, "gen_finetune: epochs of LM fine-tuning")
-    eval_batch_size: int = option(32, "examples per forward pass when predicting")
-    n_boot: int = option(1000, "bootstrap resamples for the PGR confidence interval")
-    launcher: str = option("none", "fan a sweep out: none (this process), local (one job per "
-                           "visible GPU, or --workers CPU processes), ray (a Ray cluster)",
-                           choices=["none", "local", "ray"])
-    workers: int = option(0, "launcher local without GPUs: CPU worker processes (0 = 1)")
-    device: str = option("auto", "auto, cpu, cuda or mps")
-    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
-    run_dir: str | None = option(None, "run directory (default runs/generalize/<time>-<hash>)")
+    gen_epochs: float = option(1.0, "gen_finetune: epochs of LM fine-tuning", above=0)
+    eval_batch_size: int = option(32, "examples per forward pass when predicting", min=2)
+    n_boot: int = option(1000, "bootstrap resamples for the PGR confidence interval (0: none)",
+                         min=0)
+    sweep: Sweep = section(Sweep, "seeds and how the sweep fans out", inline=True)
+    runtime: Runtime = section(Runtime, "device, dtype, seed, run directory", inline=True)
     weak_train: StageTrain = section(StageTrain, "fine-tuning of the weak models")
     strong_train: StageTrain = section(StageTrain, "fine-tuning of the strong models")
     world: WorldConfig = section(WorldConfig, "the tinyworld task and its pretrained tiny models")
+
+    def check(self) -> None:
+        """The rules across fields (:func:`w2s.config.validate` runs it after the bounds)."""
+        if self.weak_train.mixed_precision != self.strong_train.mixed_precision:
+            raise W2SError(f"weak_train.mixed_precision ({self.weak_train.mixed_precision}) and "
+                           f"strong_train.mixed_precision ({self.strong_train.mixed_precision}) "
+                           "differ; one process runs one precision, so set both the same")
 
 
 def sweep_jobs(cfg: GeneralizeConfig, plan: dict) -> dict[str, dict]:
@@ -92,22 +95,13 @@ def _names(text: str) -> list[str]:
 def plan_experiments(cfg: GeneralizeConfig) -> dict:
     """Validate the config and list the chains to run (a pair is a chain of two).
 
-    Raises a one-line :class:`W2SError` for: a chain of one model, a weak model larger than the
-    strong one, a sweep with no valid pair, bad loss settings.
+    Raises a one-line :class:`W2SError` for: anything :func:`w2s.config.validate` refuses (bad
+    numbers, choices, precisions that differ), a chain of one model, a weak model larger than the
+    strong one, a sweep with no valid pair.
     """
     from w2s.models import resolve_model
 
-    if not 0.0 <= cfg.aux_alpha <= 1.0:
-        raise W2SError(f"aux_alpha must be in [0, 1], got {cfg.aux_alpha}")
-    if not 0.0 <= cfg.warmup_frac <= 1.0:
-        raise W2SError(f"warmup_frac must be in [0, 1], got {cfg.warmup_frac}")
-    for key in ("n_train", "n_test", "max_ctx", "eval_batch_size"):
-        if getattr(cfg, key) < 2:
-            raise W2SError(f"{key} must be at least 2, got {getattr(cfg, key)}")
-    if cfg.weak_train.mixed_precision != cfg.strong_train.mixed_precision:
-        raise W2SError(f"weak_train.mixed_precision ({cfg.weak_train.mixed_precision}) and "
-                       f"strong_train.mixed_precision ({cfg.strong_train.mixed_precision}) "
-                       "differ; one process runs one precision, so set both the same")
+    validate(cfg)  # types, choices, bounds (aux_alpha in [0, 1], n_train >= 2, ...), check()
     for stage in (cfg.weak_train, cfg.strong_train):
         stage_train_config(stage, 1e-5, 0)  # bad optimizer, scheduler, sizes: one line here
     seeds = list(dict.fromkeys(cfg.seeds)) if cfg.seeds else [cfg.seed]

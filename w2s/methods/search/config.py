@@ -4,19 +4,28 @@ chunk length and shard settings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from w2s.config import option
+from w2s.config import Judging, Runtime, Sampling, config_class, derive, option, section
 from w2s.errors import W2SError
 
 DECODERS = ("cbs", "bon", "sample", "eft")
 HEADLINE_ORDER = ("cbs", "bon", "eft", "sample")
 
 
-@dataclass
+SearchSampling = derive(Sampling, "SearchSampling", "How the base model samples (every "
+                        "decoder): temperature 0.7, 50 new base-model tokens.",
+                        module=__name__, temperature=0.7, max_new_tokens=50)
+
+
+@config_class
 class SearchConfig:
-    """``w2s search``: weak-to-strong search and its baselines, judged side by side."""
+    """``w2s search``: weak-to-strong search and its baselines, judged side by side.
+
+    Inline sections (flags and recipe keys at the top level): ``sampling`` (temperature, top_k,
+    top_p, max_new_tokens of the base model), ``judging`` (judge, judge_batch_size),
+    ``runtime`` (device, dtype, seed, run_dir).
+    """
 
     base: str = option("gpt2-large", "the frozen large model: alias, local dir, hub id, tiny:..., "
                        "or api:URL#MODEL (an OpenAI-compatible /v1/completions server)")
@@ -27,41 +36,43 @@ class SearchConfig:
     task: str = option("imdb-prompts", "prompts task (`w2s tasks`), local:PATH, or a "
                        "classification / preference task (its texts' opening words, its prompts)")
     split: str = option("test", "split the prompts come from")
-    n_prompts: int = option(200, "prompts decoded (a seeded sample of the split)")
+    n_prompts: int = option(200, "prompts decoded (a seeded sample of the split)", min=1)
     shard: str = option("", "decode only shard I of N of the prompts, as I/N (0-based, e.g. "
                         "0/8): one run per GPU, then `w2s eval winrate` over the joined "
                         "generation files; empty = all prompts")
-    prefix_words: int = option(8, "classification tasks: words of each text used as the prompt")
+    prefix_words: int = option(8, "classification tasks: words of each text used as the prompt",
+                               min=1)
     decoder: list[str] = option(["cbs", "bon", "sample"], "decoders run side by side on the same "
                                 "prompts; sample always runs (the win-rate baseline)",
                                 choices=list(DECODERS))
-    w: int = option(4, "CBS: beams kept after every chunk (W)")
-    k: int = option(4, "CBS: successors sampled from every kept beam (K)")
+    w: int = option(4, "CBS: beams kept after every chunk (W)", min=1,
+                    message="CBS needs W >= 1 (--w)")
+    k: int = option(4, "CBS: successors sampled from every kept beam (K)", min=1,
+                    message="CBS needs K >= 1 (--k)")
     l: str = option("5", "CBS: chunk length in base-model tokens (L), a positive integer or "  # noqa: E741
                     "inf")
     bon_n: int | None = option(None, "best-of-N: samples per prompt; none = W*K, what CBS samples "
-                               "per chunk")
+                               "per chunk", min=1, message="best-of-N needs N >= 1 (--bon-n)")
     eft_beta: float = option(1.0, "EFT: weight of log p_tuned - log p_untuned")
-    temperature: float = option(0.7, "base-model sampling temperature (0 = greedy)")
-    top_k: int = option(0, "keep the k most likely tokens; 0 = off (never taken from the model's "
-                        "generation_config)")
-    top_p: float = option(1.0, "nucleus sampling mass; 1.0 = off")
-    max_new_tokens: int = option(50, "tokens per response (base-model tokens)")
+    sampling: Sampling = section(SearchSampling, "how the base model samples", inline=True)
     chat: bool = option(True, "wrap prompts in each model's chat template (when it has one); "
                         "--no-chat for plain-text continuation (IMDB, reviews)")
-    judge: str = option("vader", "gold judge: vader | reward:NAME | rm:MODEL | cls:MODEL:LABEL | "
-                        "llm:MODEL | api:URL[#MODEL]")
-    prompt_batch: int = option(8, "prompts searched together (rows = prompt_batch x W x K)")
+    judging: Judging = section(Judging, "the gold judge", inline=True)
+    prompt_batch: int = option(8, "prompts searched together (rows = prompt_batch x W x K)",
+                               min=1)
     score_batch_size: int = option(16, "responses per forward pass when scoring from scratch "
-                                   "(best-of-N, guide scores of the other decoders)")
-    judge_batch_size: int = option(16, "responses per forward pass of a model judge")
-    seed: int = option(0, "seed of the prompt sample and of sampling (every decoder starts "
-                       "from it)")
-    device: str = option("auto", "auto, cpu, cuda or mps")
-    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
-    api_timeout: float = option(60.0, "api base: seconds per request")
-    api_max_retries: int = option(3, "api base: retries per request (exponential backoff)")
-    run_dir: str | None = option(None, "run directory (default runs/search/<time>-<hash>)")
+                                   "(best-of-N, guide scores of the other decoders)", min=1)
+    runtime: Runtime = section(Runtime, "device, dtype, seed, run directory", inline=True)
+    api_timeout: float = option(60.0, "api base: seconds per request", above=0)
+    api_max_retries: int = option(3, "api base: retries per request (exponential backoff)",
+                                  min=0)
+
+    def check(self) -> None:
+        """The rules across fields: ``l`` is a chunk length (:func:`parse_chunk`), ``shard``
+        empty or I/N (:func:`parse_shard`)."""
+        parse_chunk(self.l)
+        if self.shard:
+            parse_shard(self.shard)
 
 
 def parse_chunk(value: Any) -> int | None:

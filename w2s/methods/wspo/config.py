@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-from w2s.config import option, section, stage_train
+from w2s.config import (
+    Judging,
+    Lora,
+    Runtime,
+    Sampling,
+    config_class,
+    derive,
+    option,
+    section,
+    stage_train,
+)
+from w2s.config import validate as validate_config
 from w2s.errors import W2SError
 
 GRANULARITIES = ("token", "sequence")
@@ -22,9 +31,21 @@ StageTrain = stage_train(
     help={"lr": "peak learning rate (the authors: 5e-6 with LoRA, 1e-5 for full fine-tuning)"})
 
 
-@dataclass
+WSPOSampling = derive(Sampling, "WSPOSampling", "How the strong model answers the evaluation "
+                      "prompts, before and after training.", module=__name__,
+                      max_new_tokens=512, temperature=0.7)
+WSPOJudging = derive(Judging, "WSPOJudging", "Who compares the strong model after vs before "
+                     "training.", module=__name__, judge=DEFAULT_JUDGE)
+
+
+@config_class
 class WSPOConfig:
-    """``w2s wspo``: weak-to-strong preference optimization."""
+    """``w2s wspo``: weak-to-strong preference optimization.
+
+    Inline sections (flags and recipe keys at the top level): ``lora`` (lora_r, lora_alpha),
+    ``judging`` (judge), ``sampling`` (max_new_tokens, temperature, top_k, top_p of the
+    evaluation answers), ``runtime`` (dtype, seed, run_dir; the device is the launcher's).
+    """
 
     weak: str = option("qwen2-1.5b-instruct", "weak model BEFORE alignment (pi_w_ref): alias, "
                        "local dir, hub id or tiny:...")
@@ -35,76 +56,61 @@ class WSPOConfig:
     task: str = option("ultrafeedback", "preference task (`w2s tasks`) or local:PATH: its train "
                        "pairs align the weak model, their CHOSEN responses train the strong one, "
                        "its test prompts evaluate")
-    n_train: int | None = option(None, "training pairs (a seeded sample); none = all")
+    n_train: int | None = option(None, "training pairs (a seeded sample); none = all", min=1)
     n_eval: int = option(500, "held-out test prompts the strong model answers before and after "
-                         "training (a warning below 500)")
+                         "training (a warning below 500)", min=1)
     samples_per_prompt: int = option(1, "evaluation: answers sampled per prompt, before and "
-                                     "after (more pairs, less sampling noise on few prompts)")
+                                     "after (more pairs, less sampling noise on few prompts)",
+                                     min=1)
     single_turn: bool = option(False, "keep only single-turn conversations (Anthropic-HH "
                                "transcripts with one Human turn)")
     gamma: float = option(0.1, "WSPO: the strong log-ratio is driven to 1/gamma times the weak "
-                          "one (> 0)")
+                          "one (> 0)", above=0)
     granularity: str = option("token", "token: per-token log-ratios (one shared tokenizer, "
                               "checked); sequence: length-normalised sequence log-ratios (any "
                               "two tokenizers)", choices=list(GRANULARITIES))
     mode: str = option("lora", "lora adapters (reference = adapters disabled) or full "
                        "fine-tuning (reference = the initial model's log-probs, precomputed); "
                        "for the weak DPO and WSPO alike", choices=list(MODES))
-    lora_r: int = option(8, "lora: adapter rank")
-    lora_alpha: int = option(16, "lora: adapter scale numerator")
-    beta: float = option(0.1, "weak DPO: beta (strength of the KL anchor to --weak)")
+    lora: Lora = section(Lora, "lora: the adapters", inline=True, drop=("lora_targets",))
+    beta: float = option(0.1, "weak DPO: beta (strength of the KL anchor to --weak)", above=0)
     max_len: int = option(1024, "tokens per prompt + response: prompts are cut from the left "
-                          "(keeping half), then responses from the right")
+                          "(keeping half), then responses from the right", min=8)
     chat: bool = option(True, "wrap prompts in the model's chat template when its tokenizer has "
                         "one (Anthropic-HH transcripts are used as they are)")
-    judge: str = option(DEFAULT_JUDGE, "who compares the strong model after vs before: vader | "
-                        "reward:NAME | rm:MODEL | cls:MODEL:LABEL | llm:MODEL | api:URL[#MODEL]; "
-                        "a reward judge also gives the gold reward")
-    max_new_tokens: int = option(512, "evaluation: tokens generated per prompt")
-    temperature: float = option(0.7, "evaluation: sampling temperature (0 = greedy)")
-    top_p: float = option(1.0, "evaluation: nucleus sampling mass (1 = off)")
-    top_k: int = option(0, "evaluation: top-k sampling (0 = off)")
-    gen_batch_size: int = option(16, "evaluation: prompts per generate call")
-    score_batch_size: int = option(16, "rows per forward pass when precomputing log-probs")
-    seed: int = option(0, "seed of the data samples, training and sampling")
+    judging: Judging = section(WSPOJudging, "who compares the strong model after vs before",
+                               inline=True, drop=("judge_batch_size",))
+    sampling: Sampling = section(WSPOSampling, "evaluation: how the strong model answers",
+                                 inline=True)
+    gen_batch_size: int = option(16, "evaluation: prompts per generate call", min=1)
+    score_batch_size: int = option(16, "rows per forward pass when precomputing log-probs",
+                                   min=1)
     backend: str = option("hf", "evaluation answers: hf (transformers, batched, KV cache) or "
                           "vllm (the optional extra, on a CUDA GPU; without it: a message and "
                           "hf)", choices=["hf", "vllm"])
     save_model: bool = option(True, "write the WSPO-trained strong model (LoRA merged) to "
                               "<run>/model")
-    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16 or fp32")
-    run_dir: str | None = option(None, "run directory (default runs/wspo/<time>-<hash>)")
+    runtime: Runtime = section(Runtime, "dtype, seed, run directory", inline=True,
+                               drop=("device",))
     dry_run: bool = option(False, "print the resolved plan (models, data, stages, what is "
                            "cached) and exit without loading any weights")
     weak_dpo: StageTrain = section(StageTrain, "DPO of the weak model (skipped with "
                                    "--weak-aligned)")
     strong_train: StageTrain = section(StageTrain, "WSPO training of the strong model")
 
+    def check(self) -> None:
+        """The rules across fields (:func:`w2s.config.validate` runs it after the bounds)."""
+        if self.weak_dpo.mixed_precision != self.strong_train.mixed_precision:
+            raise W2SError(f"weak_dpo.mixed_precision ({self.weak_dpo.mixed_precision}) and "
+                           f"strong_train.mixed_precision ({self.strong_train.mixed_precision}) "
+                           "differ; one process runs one precision, so set both the same")
 
 
 def validate(cfg: WSPOConfig) -> None:
-    """One-line :class:`W2SError` for every setting that cannot work (no model or data touched)."""
-    if not 0 < cfg.gamma < math.inf:
-        raise W2SError(f"gamma must be > 0 and finite (the strong log-ratio is driven to 1/gamma "
-                       f"times the weak one), got {cfg.gamma}")
-    if cfg.granularity not in GRANULARITIES:
-        raise W2SError(f"granularity must be one of {list(GRANULARITIES)}, got "
-                       f"{cfg.granularity!r}")
-    if cfg.mode not in MODES:
-        raise W2SError(f"mode must be one of {list(MODES)}, got {cfg.mode!r}")
-    if not 0 < cfg.beta < math.inf:
-        raise W2SError(f"beta (weak DPO) must be > 0 and finite, got {cfg.beta}")
-    if cfg.n_train is not None and cfg.n_train < 1:
-        raise W2SError(f"n_train must be at least 1 (or none for all), got {cfg.n_train}")
-    for key in ("n_eval", "samples_per_prompt", "lora_r", "lora_alpha", "gen_batch_size", "score_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise W2SError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.max_len < 8:
-        raise W2SError(f"max_len must be at least 8 tokens, got {cfg.max_len}")
-    if cfg.weak_dpo.mixed_precision != cfg.strong_train.mixed_precision:
-        raise W2SError(f"weak_dpo.mixed_precision ({cfg.weak_dpo.mixed_precision}) and "
-                       f"strong_train.mixed_precision ({cfg.strong_train.mixed_precision}) differ; "
-                       "one process runs one precision, so set both the same")
+    """One-line :class:`W2SError` for every setting that cannot work (no model or data touched):
+    what :func:`w2s.config.validate` refuses (gamma and beta > 0 and finite, sizes, choices,
+    precisions that differ), then the training stages, the sampling settings and the judge."""
+    validate_config(cfg)
     for stage in (cfg.weak_dpo, cfg.strong_train):
         stage_train_config(stage, cfg.seed)
     sampling(cfg)
@@ -120,11 +126,7 @@ def stage_train_config(stage: StageTrain, seed: int):
 
 def sampling(cfg: WSPOConfig):
     """The evaluation's :class:`w2s.models.generate.SamplingConfig`, validated."""
-    from w2s.models.generate import SamplingConfig
-
-    return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
-                          seed=cfg.seed).validate()
+    return cfg.sampling.sampling_config(batch_size=cfg.gen_batch_size, seed=cfg.seed)
 
 
 def config_summary(cfg: WSPOConfig) -> dict[str, Any]:
