@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w2s.config import Lora, Runtime, Sweep, config_class, option, section, stage_train, validate
+from w2s.config import (
+    Lora,
+    Runtime,
+    Sweep,
+    comma_list,
+    config_class,
+    option,
+    section,
+    stage_train,
+    validate,
+)
 from w2s.errors import W2SError
 
 OBJECTIVES = ("reward", "dpo", "simpo")
@@ -101,10 +111,6 @@ def sweep_jobs(plan: dict) -> dict[str, dict]:
             for seed in plan["seeds"] for chain in plan["chains"]}
 
 
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in str(text).split(",") if n.strip()]
-
-
 def plan_experiments(cfg: DeceptionConfig) -> dict:
     """Validate the config and list what to run. One-line :class:`W2SError` for: a weak model
     larger than the strong one (or than the intermediate), a conflict setting without the data
@@ -138,7 +144,7 @@ def plan_experiments(cfg: DeceptionConfig) -> dict:
     def size(name: str) -> float | None:
         return resolve_model(name).size_b
 
-    weaks, strongs, via = _names(cfg.weak), _names(cfg.strong), _names(cfg.bootstrap_via)
+    weaks, strongs, via = comma_list(cfg.weak), comma_list(cfg.strong), comma_list(cfg.bootstrap_via)
     if len(weaks) != 1:
         raise W2SError(f"give one weak model (--weak), got {cfg.weak!r}; sweep --strong instead")
     if len(via) > 1:

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from w2s.config import Lora, Runtime, Sweep, config_class, option, section, stage_train, validate
+from w2s.config import (
+    Lora,
+    Runtime,
+    Sweep,
+    comma_list,
+    config_class,
+    option,
+    section,
+    stage_train,
+    validate,
+)
 from w2s.data.tinyworld import WorldConfig
 from w2s.errors import W2SError
 
@@ -88,10 +98,6 @@ def sweep_jobs(cfg: GeneralizeConfig, plan: dict) -> dict[str, dict]:
     return jobs
 
 
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in str(text).split(",") if n.strip()]
-
-
 def plan_experiments(cfg: GeneralizeConfig) -> dict:
     """Validate the config and list the chains to run (a pair is a chain of two).
 
@@ -111,7 +117,7 @@ def plan_experiments(cfg: GeneralizeConfig) -> dict:
 
     notes: list[str] = []
     if cfg.chain:
-        chain = _names(cfg.chain)
+        chain = comma_list(cfg.chain)
         if len(chain) < 2:
             raise W2SError(f"--chain needs at least two models (weak,...,strong), got "
                            f"{cfg.chain!r}; for one pair use --weak and --strong")
@@ -126,7 +132,7 @@ def plan_experiments(cfg: GeneralizeConfig) -> dict:
                 raise W2SError(f"chain models must grow: {a} ({sa:.3g}B) is larger than the "
                                f"next one, {b} ({sb:.3g}B); order --chain from small to large")
         return {"seeds": seeds, "chains": [chain], "notes": notes}
-    weaks, strongs = _names(cfg.weak), _names(cfg.strong)
+    weaks, strongs = comma_list(cfg.weak), comma_list(cfg.strong)
     if not weaks or not strongs:
         raise W2SError("give --weak and --strong (or --chain)")
     if len(weaks) == 1 and len(strongs) == 1:

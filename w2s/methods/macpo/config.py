@@ -10,6 +10,7 @@ from w2s.config import (
     Lora,
     Runtime,
     Sampling,
+    comma_list,
     config_class,
     derive,
     option,
@@ -145,10 +146,6 @@ class MACPOConfig:
                            "runs one precision, so set both the same")
 
 
-def names(text: str) -> list[str]:
-    return [n.strip() for n in str(text).split(",") if n.strip()]
-
-
 def check_config(cfg: MACPOConfig) -> dict:
     """Validate every setting; return the plan (teacher models, learner names).
 
@@ -161,12 +158,12 @@ def check_config(cfg: MACPOConfig) -> dict:
     from w2s.models import resolve_model
 
     validate(cfg)  # types, choices, bounds (iterations >= 1, beta > 0, ...), check()
-    weak = names(cfg.weak)
+    weak = comma_list(cfg.weak)
     if not weak:
         raise W2SError("give at least one weak teacher: --weak a,b,c (MACPO's teachers)")
-    if not names(cfg.strong) or len(names(cfg.strong)) != 1:
+    if not comma_list(cfg.strong) or len(comma_list(cfg.strong)) != 1:
         raise W2SError(f"give exactly one strong student with --strong, got {cfg.strong!r}")
-    strong = names(cfg.strong)[0]
+    strong = comma_list(cfg.strong)[0]
     where = {}
     for name in [*weak, strong]:
         resolved = resolve_model(name)  # a malformed name fails here

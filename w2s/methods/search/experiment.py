@@ -57,25 +57,14 @@ def plan_search(cfg: SearchConfig) -> dict:
     tuned and an untuned guide with different tokenizers, an empty prompt set, an unknown judge,
     an API base that cannot be reached, EFT with an API base or with vocabularies that differ.
     """
+    from w2s.config import validate
     from w2s.evaluation.judges import build_judge, parse_judge
     from w2s.methods.search.guide import same_tokenizer
     from w2s.models import load_tokenizer
-    from w2s.models.generate import SamplingConfig
 
-    if cfg.w < 1 or cfg.k < 1:
-        raise W2SError(f"CBS needs W >= 1 and K >= 1 (--w, --k), got W={cfg.w}, K={cfg.k}")
+    validate(cfg)  # types, choices, bounds (W, K, N, batch sizes, sampling), the chunk length
     chunk = parse_chunk(cfg.l)
-    if cfg.bon_n is not None and cfg.bon_n < 1:
-        raise W2SError(f"best-of-N needs N >= 1 (--bon-n), got {cfg.bon_n}")
-    if cfg.prompt_batch < 1:
-        raise W2SError(f"--prompt-batch must be at least 1, got {cfg.prompt_batch}")
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.prompt_batch,
-                              seed=cfg.seed).validate()
-    for key in ("n_prompts", "prefix_words", "score_batch_size", "judge_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise W2SError(f"--{key.replace('_', '-')} must be at least 1, got "
-                           f"{getattr(cfg, key)}")
+    sampling = cfg.sampling.sampling_config(batch_size=cfg.prompt_batch, seed=cfg.seed)
     decoders = list(dict.fromkeys(cfg.decoder))
     if not decoders:
         raise W2SError(f"give at least one --decoder ({', '.join(DECODERS)})")
