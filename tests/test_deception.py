@@ -23,7 +23,8 @@ from w2s.train.losses import explicit_conflict_loss
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "deception"
 
 # tiny test sets on purpose: the small-test warning is expected here
-pytestmark = pytest.mark.filterwarnings("ignore::w2s.data.SmallTestSetWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::w2s.data.SmallTestSetWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def softplus(x: float) -> float:
@@ -247,14 +248,6 @@ TINY = ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task", "t
         "--n-train", "48", "--n-test", "16", "--max-steps", "2", "--batch-size", "8",
         "--micro-batch-size", "8", "--lr", "1e-3", "--max-ctx", "48", "--eval-batch-size",
         "16"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(args: list[str]) -> int:

@@ -17,6 +17,8 @@ from w2s.config import build_config
 from w2s.methods import generalize
 from w2s.methods.generalize import GeneralizeConfig, StageTrain, plan_experiments
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "generalize"
 
 TINY = ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task", "tinyworld",
@@ -26,14 +28,6 @@ TINY = ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task", "t
         "--weak-train-micro-batch-size", "16", "--strong-train-micro-batch-size", "16",
         "--weak-train-lr", "1e-3", "--strong-train-lr", "1e-3", "--n-boot", "200",
         "--max-ctx", "32"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(args: list[str]) -> int:

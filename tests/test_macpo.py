@@ -24,6 +24,8 @@ from w2s.methods.macpo_core import (
     positive_sources,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "macpo"
 
 T1, T2, S = "tiny:llama-1x32+toy-preference@5", "tiny:gpt2-1x32+toy-preference@5", \
@@ -34,14 +36,6 @@ TINY = ["--weak", f"{T1},{T2}", "--strong", S, "--task", "toy-preference", "--it
         "--dpo-batch-size", "4", "--dpo-micro-batch-size", "4", "--max-new-tokens", "8",
         "--max-len", "96", "--generation-batch-size", "16"]
 LEARNERS = ("teacher1", "teacher2", "student")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(args: list[str]) -> int:

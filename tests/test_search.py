@@ -37,16 +37,10 @@ from w2s.search import (
 )
 from w2s.search.text import encode_prompt, encode_response
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "search"
 PROMPTS = ["The hotel was", "I tried the camera last week.", "So, the story of the book"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_cli(args, capsys, entry=main):

@@ -21,19 +21,10 @@ from w2s.errors import W2SError
 from w2s.train import TrainConfig, lm_loss, lr_lambda, read_checkpoint, train
 from w2s.train.loop import _micro_batches
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core CI
-    machine make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 def regression_data(n: int = 24, d: int = 4, seed: int = 0):

@@ -30,6 +30,8 @@ from w2s.train import TrainConfig, train
 from w2s.train.losses import wspo_loss
 from w2s.train.preference import encode, score_tokens
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OPTIONS = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-preference",
            "n-train": "16", "n-eval": "6", "judge": "vader", "mode": "full", "max-len": "96",
            "max-new-tokens": "8", "temperature": "1", "gen-batch-size": "8",
@@ -44,14 +46,6 @@ def args(**changes: str) -> list[str]:
     """The tiny test run's flags, with ``changes`` (``n_eval="4"``) applied."""
     options = {**OPTIONS, **{k.replace("_", "-"): v for k, v in changes.items()}}
     return [part for key, value in options.items() for part in (f"--{key}", value)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
