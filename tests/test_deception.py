@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, read_jsonl
 
-from w2s.cli import main
 from w2s.config import build_config
 from w2s.errors import W2SError
 from w2s.evaluation import deception_score
@@ -248,16 +248,6 @@ TINY = ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task", "t
         "--n-train", "48", "--n-test", "16", "--max-steps", "2", "--batch-size", "8",
         "--micro-batch-size", "8", "--lr", "1e-3", "--max-ctx", "48", "--eval-batch-size",
         "16"]
-
-
-def cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("objective, mode", [("reward", "full"), ("dpo", "full"),

@@ -9,20 +9,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from helpers import run_cli
 
-from w2s.cli import main
 from w2s.errors import W2SError
 from w2s.evaluation import build_judge, evaluate_winrate, parse_judge
 from w2s.evaluation.judges import parse_verdict
 from w2s.evaluation.judges.api import ApiJudge, RateLimiter, chat_url
 from w2s.evaluation.judges.rewards import log_odds
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def rows(responses):

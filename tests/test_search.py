@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_jsonl, run_cli
 
-from w2s.cli import main, search_main
+from w2s.cli import search_main
 from w2s.config import build_config
 from w2s.errors import W2SError
 from w2s.methods.search import SearchConfig, parse_chunk
@@ -41,13 +42,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "search"
 PROMPTS = ["The hotel was", "I tried the camera last week.", "So, the story of the book"]
-
-
-def run_cli(args, capsys, entry=main):
-    with pytest.raises(SystemExit) as exc:
-        entry(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def tiny(name: str, seed: int = 0):
@@ -379,10 +373,6 @@ GUIDES = ["--tuned", "tiny:llama-1x32+toy-sentiment@20+toy-sentiment=1@10",
 SMALL = ["--recipe", str(RECIPES / "tiny.yaml"), "--base", "tiny:llama-1x32+toy-sentiment@20",
          *GUIDES, "--n-prompts", "4", "--max-new-tokens", "12", "--w", "2", "--k", "2",
          "--l", "4", "--bon-n", "none", "--prompt-batch", "3"]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_cli_end_to_end_on_the_tiny_recipe(tmp_path, capsys):

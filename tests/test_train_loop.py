@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 from w2s.errors import W2SError
 from w2s.train import TrainConfig, lm_loss, lr_lambda, read_checkpoint, train
@@ -341,15 +342,13 @@ def test_a_launch_the_loop_cannot_run_is_refused_before_any_work(env, fix, monke
     """`accelerate launch --config_file X.yaml -m w2s ...` says what X asks for in these
     variables: a config the loop cannot run stops the method command at once with the fix,
     and no run directory is made."""
-    from w2s.cli import main
-
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    with pytest.raises(SystemExit) as exc:
-        main(["generalize", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32",
-              "--task", "toy-sentiment", "--run-dir", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and len(err.splitlines()) == 1 and fix in err
+    code, _, err = run_cli(["generalize", "--weak", "tiny:llama-1x32", "--strong",
+                            "tiny:llama-2x32", "--task", "toy-sentiment",
+                            "--run-dir", str(tmp_path / "run")], capsys)
+    err = err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and fix in err
     assert not (tmp_path / "run").exists()
 
 
