@@ -36,6 +36,25 @@ def run_cli(args: list[str], capsys, entry=None, **kwargs) -> tuple[int, str, st
     return code, out.out, out.err
 
 
+def fan_out(method: str, args: list[str], run_dir: Path, jobs: list[str]) -> dict:
+    """``w2s METHOD ARGS --launcher local --workers 2`` into ``run_dir``: its metrics, after
+    checking that the sweep ran as ``jobs`` and the parent's pass trained nothing."""
+    assert cli([method, *args, "--launcher", "local", "--workers", "2",
+                "--run-dir", str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["trained_models"] == 0  # the jobs trained everything
+    assert sorted(p.name for p in (run_dir / "jobs").iterdir() if p.is_dir()) == jobs
+    return metrics
+
+
+def in_one_process(method: str, args: list[str], run_dir: Path, cache_dir: Path) -> dict:
+    """The same sweep in one process, on a fresh cache (``cache_dir`` moved aside to
+    used-cache): its metrics."""
+    cache_dir.rename(cache_dir.with_name("used-cache"))
+    assert cli([method, *args, "--run-dir", str(run_dir)]) == 0
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines file, one a line."""
     return [json.loads(line) for line in path.read_text().splitlines()]

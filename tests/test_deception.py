@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_jsonl
+from helpers import cli, fan_out, in_one_process, read_jsonl
 
 from w2s.config import build_config
 from w2s.errors import W2SError
@@ -475,16 +475,8 @@ def test_strong_sweep_fans_out_over_worker_processes(tmp_path, cache_dir):
     """--launcher local --workers 2: one job per strong model, sharing the weak ceiling through
     the cache; the parent's pass trains nothing and reports what one process reports."""
     sweep = [*TINY, "--strong", "tiny:llama-2x32,tiny:llama-1x64", "--conflict", "none,explicit"]
-    fanned = tmp_path / "fanned"
-    assert cli(["deception", *sweep, "--launcher", "local", "--workers", "2",
-                "--run-dir", str(fanned)]) == 0
-    metrics = json.loads((fanned / "metrics.json").read_text())
-    assert metrics["trained_models"] == 0  # the jobs trained everything
-    jobs = sorted(p.name for p in (fanned / "jobs").iterdir() if p.is_dir())
-    assert jobs == ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
-    cache_dir.rename(tmp_path / "used-cache")
-    alone = tmp_path / "alone"
-    assert cli(["deception", *sweep, "--run-dir", str(alone)]) == 0
-    ref = json.loads((alone / "metrics.json").read_text())
+    metrics = fan_out("deception", sweep, tmp_path / "fanned",
+                      jobs=["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"])
+    ref = in_one_process("deception", sweep, tmp_path / "alone", cache_dir)
     assert [(r["pair"], r["deception_score_explicit"]) for r in metrics["table"]] == [
         (r["pair"], r["deception_score_explicit"]) for r in ref["table"]]

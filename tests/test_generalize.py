@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_jsonl
+from helpers import cli, fan_out, in_one_process, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
@@ -324,22 +324,14 @@ def test_sweep_fans_out_over_worker_processes(tmp_path, cache_dir):
     cache; the parent's pass then trains nothing and reports what a one-process sweep reports."""
     sweep = [*TINY, "--task", "toy-sentiment", "--weak", "tiny:llama-1x32",
              "--strong", "tiny:llama-2x32,tiny:llama-1x64", "--seeds", "0"]
-    fanned = tmp_path / "fanned"
-    assert cli(["generalize", *sweep, "--launcher", "local", "--workers", "2",
-                "--run-dir", str(fanned)]) == 0
-    metrics = json.loads((fanned / "metrics.json").read_text())
-    assert metrics["trained_models"] == 0  # the jobs trained everything
-    jobs = sorted(p.name for p in (fanned / "jobs").iterdir() if p.is_dir())
-    assert jobs == ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
+    fanned, jobs = tmp_path / "fanned", ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
+    metrics = fan_out("generalize", sweep, fanned, jobs)
     for job in jobs:
         assert json.loads((fanned / "jobs" / job / "metrics.json").read_text())["status"] == "ok"
     started = [r for r in read_jsonl(fanned / "log.jsonl") if r.get("event") == "job started"]
     assert len(started) == 2
     # the same sweep in one process, on a fresh cache, gives the same figures
-    cache_dir.rename(tmp_path / "used-cache")
-    alone = tmp_path / "alone"
-    assert cli(["generalize", *sweep, "--run-dir", str(alone)]) == 0
-    ref = json.loads((alone / "metrics.json").read_text())
+    ref = in_one_process("generalize", sweep, tmp_path / "alone", cache_dir)
     assert [(r["pair"], r["median_pgr"], r["median_w2s_acc"]) for r in metrics["pgr_table"]] == [
         (r["pair"], r["median_pgr"], r["median_w2s_acc"]) for r in ref["pgr_table"]]
 

@@ -25,9 +25,9 @@ from w2s.methods.macpo_core import (
     positive_sources,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "macpo"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 T1, T2, S = "tiny:llama-1x32+toy-preference@5", "tiny:gpt2-1x32+toy-preference@5", \
     "tiny:llama-2x32+toy-preference@5"

@@ -38,10 +38,10 @@ from w2s.search import (
 )
 from w2s.search.text import encode_prompt, encode_response
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "search"
 PROMPTS = ["The hotel was", "I tried the camera last week.", "So, the story of the book"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, seed: int = 0):

@@ -82,25 +82,22 @@ def run(model, data, config, **kw):
 
 
 def test_lr_lambda_hand_computed_values():
-    # cosine, no warm-up, 10 steps: 1 at the start, 1/2 half-way, (1 + cos(0.9 pi)) / 2 last
-    assert lr_lambda(0, 10, 0, "cosine") == pytest.approx(1.0)
-    assert lr_lambda(5, 10, 0, "cosine") == pytest.approx(0.5)
-    assert lr_lambda(9, 10, 0, "cosine") == pytest.approx(0.0244717418)
-    assert lr_lambda(10, 10, 0, "cosine") == pytest.approx(0.0)
-    # linear: 1 - step / total
-    assert lr_lambda(0, 10, 0, "linear") == pytest.approx(1.0)
-    assert lr_lambda(2, 10, 0, "linear") == pytest.approx(0.8)
-    assert lr_lambda(9, 10, 0, "linear") == pytest.approx(0.1)
+    # (step, total steps, warm-up steps, scheduler) and the factor worked out by hand
+    by_hand = [
+        # cosine, no warm-up, 10 steps: 1 at the start, 1/2 half-way, (1 + cos(0.9 pi)) / 2 last
+        ((0, 10, 0, "cosine"), 1.0), ((5, 10, 0, "cosine"), 0.5),
+        ((9, 10, 0, "cosine"), 0.0244717418), ((10, 10, 0, "cosine"), 0.0),
+        # linear: 1 - step / total
+        ((0, 10, 0, "linear"), 1.0), ((2, 10, 0, "linear"), 0.8), ((9, 10, 0, "linear"), 0.1),
+        # warm-up over 2 of 10 steps: 1/2, 1, then the decay over the remaining 8 steps
+        ((0, 10, 2, "cosine"), 0.5), ((1, 10, 2, "cosine"), 1.0), ((2, 10, 2, "cosine"), 1.0),
+        ((6, 10, 2, "cosine"), 0.5), ((6, 10, 2, "linear"), 0.5),
+        ((0, 10, 4, "constant"), 0.25), ((3, 10, 4, "constant"), 1.0),
+    ]
+    for args, factor in by_hand:
+        assert lr_lambda(*args) == pytest.approx(factor), args
     # constant
     assert lr_lambda(7, 10, 0, "constant") == 1.0
-    # warm-up over 2 of 10 steps: 1/2, 1, then the decay over the remaining 8 steps
-    assert lr_lambda(0, 10, 2, "cosine") == pytest.approx(0.5)
-    assert lr_lambda(1, 10, 2, "cosine") == pytest.approx(1.0)
-    assert lr_lambda(2, 10, 2, "cosine") == pytest.approx(1.0)
-    assert lr_lambda(6, 10, 2, "cosine") == pytest.approx(0.5)
-    assert lr_lambda(6, 10, 2, "linear") == pytest.approx(0.5)
-    assert lr_lambda(0, 10, 4, "constant") == pytest.approx(0.25)
-    assert lr_lambda(3, 10, 4, "constant") == pytest.approx(1.0)
     with pytest.raises(ValueError):
         lr_lambda(5, 10, 0, "exponential")
 
