@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,21 @@ def run_processes(args: list[str], nproc: int, *, timeout: float, env: dict | No
                "--master_port", str(free_port()), *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 (a port of its own) for the tests' fake APIs: a subclass
+    makes its request handler and calls :meth:`serve`; ``url`` is then the API's /v1 root."""
+
+    def serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def launch_env(config: str, nproc: int) -> dict[str, str]:

@@ -5,11 +5,11 @@ an OpenAI-compatible server started here on 127.0.0.1 (retries, refusals, the ju
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import LocalServer, run_cli
 
 from w2s.errors import W2SError
 from w2s.evaluation import build_judge, evaluate_winrate, parse_judge
@@ -193,7 +193,7 @@ def test_llm_judge_reads_verdict_logprobs():
 # API judge against a local OpenAI-compatible server
 
 
-class FakeJudgeServer:
+class FakeJudgeServer(LocalServer):
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers the output holding
     "GOOD". Modes: ok; refuse (always ``status``); fail_after (ok for ``k`` chat requests, then
     500); flaky (the first chat request 500, then ok); slow (sleeps past the client timeout)."""
@@ -245,16 +245,7 @@ class FakeJudgeServer:
                 self._send(200, {"choices": [{"message": {"role": "assistant",
                                                           "content": verdict}}]})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_jsonl, run_cli
+from helpers import LocalServer, free_port, read_jsonl, run_cli
 
 from w2s.cli import search_main
 from w2s.config import build_config
@@ -269,7 +267,7 @@ def test_finished_beams_are_kept_once():
 WORDS = ["good ", "bad ", "fine ", "nice ", "meh ", "ok "]
 
 
-class FakeCompletionsServer:
+class FakeCompletionsServer(LocalServer):
     """``POST /v1/completions`` on 127.0.0.1: every choice writes ``max_tokens`` characters (a
     character is a token here) drawn from WORDS, seeded by the request's seed and the choice
     index; one choice in six stops early (finish_reason "stop"). Records every request."""
@@ -307,14 +305,7 @@ class FakeCompletionsServer:
                     choices.append({"index": i, "text": text, "finish_reason": reason})
                 self._send({"choices": choices, "usage": {"completion_tokens": used}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -432,12 +423,6 @@ def test_cli_with_an_api_base(completions_server, tmp_path, capsys):
                          "model": "served-base"}
     assert m["decoders"]["cbs"]["compute"]["base_tokens"] > 0
     assert len(read_jsonl(run_dir / "generations-cbs.jsonl")) == 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def saved_bpe_model(folder: Path) -> str:
