@@ -2,6 +2,9 @@
 
 The suite never touches a model or data hub: HF_HUB_OFFLINE=1 is set before transformers or
 datasets are imported, and models are tiny ones built in-process.
+
+Shared test code: fixtures live here; plain functions and constants live in tests/helpers.py
+(``from helpers import cli``).
 """
 
 import os
@@ -20,6 +23,20 @@ import pytest  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s (still run by `make test`)")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (a module asks with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models gain nothing from
+    threads, and spinning OpenMP threads on a busy 2-core CI machine make them several times
+    slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from helpers import run_cli
 
-from w2s.cli import config_command, main
+from w2s.cli import config_command
 from w2s.config import option, section
-
-
-def run_cli(args, capsys, application=None):
-    with pytest.raises(SystemExit) as exc:
-        main(args, application=application)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_help_and_no_args(capsys):
@@ -85,7 +79,7 @@ def test_config_command_recipe_and_flags(capsys, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("weak: opt-125m\ntrain:\n  lr: 0.001\n")
     code, _, err = run_cli(["demo", "--recipe", str(recipe), "--seeds", "1,2", "--lora"],
-                           capsys, make_app(store))
+                           capsys, application=make_app(store))
     assert code == 0, err
     (cfg,) = store
     assert cfg.weak == "opt-125m" and cfg.train.lr == 0.001
@@ -93,7 +87,7 @@ def test_config_command_recipe_and_flags(capsys, tmp_path):
 
 
 def test_config_command_help_shows_fields(capsys):
-    code, out, _ = run_cli(["demo", "--help"], capsys, make_app([]))
+    code, out, _ = run_cli(["demo", "--help"], capsys, application=make_app([]))
     assert code == 0
     for text in ("--weak", "weak model", "--lr", "learning rate", "--recipe", "--no-lora"):
         assert text in out
@@ -103,14 +97,14 @@ def test_config_command_errors(capsys, tmp_path):
     store = []
     recipe = tmp_path / "r.yaml"
     recipe.write_text("waek: gpt2\n")
-    code, _, err = run_cli(["demo", "--recipe", str(recipe)], capsys, make_app(store))
+    code, _, err = run_cli(["demo", "--recipe", str(recipe)], capsys, application=make_app(store))
     assert code == 2 and "did you mean 'weak'" in err and not store
-    code, _, err = run_cli(["demo", "--lr", "fast"], capsys, make_app(store))
+    code, _, err = run_cli(["demo", "--lr", "fast"], capsys, application=make_app(store))
     assert code == 2 and "expects float" in err
-    code, _, err = run_cli(["demo", "--wek", "gpt2"], capsys, make_app(store))
+    code, _, err = run_cli(["demo", "--wek", "gpt2"], capsys, application=make_app(store))
     assert code == 2 and "--wek" in err and len(err.strip().splitlines()) == 1
     for value, shown in (("nan", "nan"), ("inf", "inf"), ("-1", "-1.0"), ("0", "0.0")):
-        code, _, err = run_cli(["demo", "--lr", value], capsys, make_app(store))
+        code, _, err = run_cli(["demo", "--lr", value], capsys, application=make_app(store))
         assert code == 2 and not store
         assert err.strip() == (f"error: --lr (config key 'train.lr') must be > 0 and finite, "
                                f"got {shown}")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, fan_out, in_one_process, read_jsonl
 
-from w2s.cli import main
 from w2s.config import build_config
 from w2s.errors import W2SError
 from w2s.evaluation import deception_score
@@ -23,7 +23,8 @@ from w2s.train.losses import explicit_conflict_loss
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "deception"
 
 # tiny test sets on purpose: the small-test warning is expected here
-pytestmark = pytest.mark.filterwarnings("ignore::w2s.data.SmallTestSetWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::w2s.data.SmallTestSetWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def softplus(x: float) -> float:
@@ -247,24 +248,6 @@ TINY = ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task", "t
         "--n-train", "48", "--n-test", "16", "--max-steps", "2", "--batch-size", "8",
         "--micro-batch-size", "8", "--lr", "1e-3", "--max-ctx", "48", "--eval-batch-size",
         "16"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("objective, mode", [("reward", "full"), ("dpo", "full"),
@@ -492,16 +475,8 @@ def test_strong_sweep_fans_out_over_worker_processes(tmp_path, cache_dir):
     """--launcher local --workers 2: one job per strong model, sharing the weak ceiling through
     the cache; the parent's pass trains nothing and reports what one process reports."""
     sweep = [*TINY, "--strong", "tiny:llama-2x32,tiny:llama-1x64", "--conflict", "none,explicit"]
-    fanned = tmp_path / "fanned"
-    assert cli(["deception", *sweep, "--launcher", "local", "--workers", "2",
-                "--run-dir", str(fanned)]) == 0
-    metrics = json.loads((fanned / "metrics.json").read_text())
-    assert metrics["trained_models"] == 0  # the jobs trained everything
-    jobs = sorted(p.name for p in (fanned / "jobs").iterdir() if p.is_dir())
-    assert jobs == ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
-    cache_dir.rename(tmp_path / "used-cache")
-    alone = tmp_path / "alone"
-    assert cli(["deception", *sweep, "--run-dir", str(alone)]) == 0
-    ref = json.loads((alone / "metrics.json").read_text())
+    metrics = fan_out("deception", sweep, tmp_path / "fanned",
+                      jobs=["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"])
+    ref = in_one_process("deception", sweep, tmp_path / "alone", cache_dir)
     assert [(r["pair"], r["deception_score_explicit"]) for r in metrics["table"]] == [
         (r["pair"], r["deception_score_explicit"]) for r in ref["table"]]

@@ -12,52 +12,42 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, launch_env, need_deepspeed, needs_torchrun, read_jsonl, run_processes
 
-ROOT = Path(__file__).resolve().parent.parent
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+pytestmark = needs_torchrun
 
 LAUNCHES = {"ddp": None, "fsdp": "fsdp.yaml", "deepspeed": "deepspeed-zero3.yaml"}
 
 
 def _run(args: list[str], cwd: Path, cache: Path, nproc: int, launch: str = "ddp") -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "W2S_CACHE": str(cache),
-           "PYTHONPATH": str(ROOT)}
+    env = {"W2S_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     if LAUNCHES[launch]:  # what `accelerate launch --config_file recipes/accelerate/X` sets
-        from test_train_sharded import launch_env, need_deepspeed
-
         if launch == "deepspeed":
             need_deepspeed()
         env.update(launch_env(LAUNCHES[launch], nproc))
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "w2s", *args]
-    else:
-        cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-               "--master_port", str(_port()), "-m", "w2s", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_processes(["-m", "w2s", *args], nproc, env=env, cwd=cwd, timeout=300)
+
+
+def _two_process_record(args: list[str], folder: Path, cache: Path, launch: str) -> Path:
+    """``args`` in two processes under ``launch``, run in ``folder`` into the default run dir
+    (under runs/): that run dir, after checking it is the only one."""
+    folder.mkdir(exist_ok=True)
+    _run(args, folder, cache, nproc=2, launch=launch)
+    runs = list((folder / "runs" / args[0]).iterdir())
+    assert len(runs) == 1  # rank 1 never created its own directory
+    return runs[0]
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def _step_losses(run_dir: Path) -> list[tuple]:
-    out = []
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec and "step" in rec:
-            out.append((rec.get("stage"), rec.get("model"), rec["step"], rec["loss"]))
-    return out
+    return [(rec.get("stage"), rec.get("model"), rec["step"], rec["loss"])
+            for rec in read_jsonl(run_dir / "log.jsonl") if "loss" in rec and "step" in rec]
 
 
 GENERALIZE = ["generalize", "--recipe", str(ROOT / "recipes/generalize/tiny.yaml"),
@@ -76,22 +66,14 @@ def generalize_one(tmp_path_factory) -> Path:
     return _one_process(GENERALIZE, tmp_path_factory.mktemp("generalize-one"))
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 @pytest.mark.parametrize("launch", list(LAUNCHES))
 def test_generalize_two_processes_one_record_same_curve(launch, generalize_one, tmp_path):
-    one, two = generalize_one.parent, tmp_path / "two"
-    two.mkdir()
-    # the default run dir, under runs/
-    _run(GENERALIZE, two, tmp_path / "cache2", nproc=2, launch=launch)
-
-    runs = list((two / "runs" / "generalize").iterdir())
-    assert len(runs) == 1  # rank 1 never created its own directory
-    m1 = json.loads((one / "run" / "metrics.json").read_text())
-    m2 = json.loads((runs[0] / "metrics.json").read_text())
+    two = _two_process_record(GENERALIZE, tmp_path / "two", tmp_path / "cache2", launch)
+    m1, m2 = _metrics(generalize_one), _metrics(two)
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
-    env2 = json.loads((runs[0] / "env.json").read_text())
+    env2 = json.loads((two / "env.json").read_text())
     assert env2["world_size"] == 2
-    c1, c2 = _step_losses(one / "run"), _step_losses(runs[0])
+    c1, c2 = _step_losses(generalize_one), _step_losses(two)
     assert [c[:3] for c in c1] == [c[:3] for c in c2] and len(c1) > 20
     for a, b in zip(c1, c2, strict=True):
         assert b[3] == pytest.approx(a[3], rel=1e-2, abs=1e-3), (a, b)
@@ -112,21 +94,15 @@ def wspo_one(tmp_path_factory) -> Path:
     return _one_process(WSPO, tmp_path_factory.mktemp("wspo-one"))
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 @pytest.mark.parametrize("launch", list(LAUNCHES))
 def test_wspo_two_processes_one_record_same_curve(launch, wspo_one, tmp_path):
     """Weak DPO and WSPO training, global batch 16: one process accumulates two micro-batches
     of 8, two processes take 8 each (whole models under DDP, shards under FSDP and ZeRO-3);
     the weak log-ratios and reference are computed on rank 0's cache entry and read by both."""
-    one, two = wspo_one.parent, tmp_path / "two"
-    two.mkdir()
-    _run(WSPO, two, tmp_path / "cache2", nproc=2, launch=launch)
-    runs = list((two / "runs" / "wspo").iterdir())
-    assert len(runs) == 1
-    m1 = json.loads((one / "run" / "metrics.json").read_text())
-    m2 = json.loads((runs[0] / "metrics.json").read_text())
+    two = _two_process_record(WSPO, tmp_path / "two", tmp_path / "cache2", launch)
+    m1, m2 = _metrics(wspo_one), _metrics(two)
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
-    c1, c2 = _step_losses(one / "run"), _step_losses(runs[0])
+    c1, c2 = _step_losses(wspo_one), _step_losses(two)
     assert [c[0] for c in c1].count("wspo") == 6 and [c[:3] for c in c1] == [c[:3] for c in c2]
     for a, b in zip(c1, c2, strict=True):
         assert b[3] == pytest.approx(a[3], rel=1e-3, abs=1e-6), (a, b)
@@ -144,7 +120,6 @@ DECEPTION = ["deception", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2
              "--eval-batch-size", "16"]
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 @pytest.mark.parametrize(("args", "launch", "trainings"),
                          [(MACPO, "deepspeed", 9), (DECEPTION, "fsdp", 5)],
                          ids=["macpo-deepspeed", "deception-fsdp"])
@@ -152,13 +127,11 @@ def test_the_other_methods_train_under_a_sharded_launch(args, launch, trainings,
     """MACPO (LoRA agents on shared bases, generation on rank 0 between trainings) under
     ZeRO-3, deception (reward models) under FSDP: one run record, world_size 2, and every
     training (MACPO: 6 SFT + 3 DPO; deception: 2 ceilings + 3 W2S) ran its 2 steps."""
-    _run(args, tmp_path, tmp_path / "cache", nproc=2, launch=launch)
-    runs = list((tmp_path / "runs" / args[0]).iterdir())
-    assert len(runs) == 1
-    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    run_dir = _two_process_record(args, tmp_path, tmp_path / "cache", launch)
+    metrics = _metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["world_size"] == 2
     steps: dict[tuple, list[int]] = {}
-    for stage, model, step, loss in _step_losses(runs[0]):
+    for stage, model, step, loss in _step_losses(run_dir):
         assert math.isfinite(loss)
         steps.setdefault((stage, model), []).append(step)
     assert len(steps) == trainings and all(s == [1, 2] for s in steps.values()), steps

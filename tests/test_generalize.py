@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, fan_out, in_one_process, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
 from w2s.methods.generalize import config as generalize
 from w2s.methods.generalize.config import GeneralizeConfig, StageTrain, plan_experiments
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "generalize"
 
@@ -26,24 +29,6 @@ TINY = ["--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task", "t
         "--weak-train-micro-batch-size", "16", "--strong-train-micro-batch-size", "16",
         "--weak-train-lr", "1e-3", "--strong-train-lr", "1e-3", "--n-boot", "200",
         "--max-ctx", "32"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_pipeline_metrics_and_eval_pgr(tmp_path, cache_dir, capsys):
@@ -61,13 +46,13 @@ def test_pipeline_metrics_and_eval_pgr(tmp_path, cache_dir, capsys):
         assert (run_dir / name).is_file()
     env = json.loads((run_dir / "env.json").read_text())
     assert env["seeds"] == [0] and env["data"]["0"]["test"]
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "predictions.jsonl")
     assert {r["role"] for r in rows} == {"weak", "strong_ceiling", "w2s"}
     assert set(rows[0]) >= {"id", "role", "pair", "label", "prob", "correct"}
     assert len(rows) == 3 * 24
     # the tinyworld models were pretrained through the loop and logged
-    assert [r["model"] for r in read_log(run_dir) if r.get("stage") == "pretrain"] == [
-        "tiny:llama-1x32", "tiny:llama-2x32"]
+    assert [r["model"] for r in read_jsonl(run_dir / "log.jsonl")
+            if r.get("stage") == "pretrain"] == ["tiny:llama-1x32", "tiny:llama-2x32"]
     # the command ends by printing its figures and where the run is
     out = capsys.readouterr().out
     assert "w2s generalize: ok" in out and f"run: {run_dir}" in out
@@ -100,7 +85,7 @@ def test_sweep_trains_each_ceiling_once_and_reuses_the_cache(tmp_path, cache_dir
     # per seed: one weak ceiling per weak model, one strong ceiling per strong model, one w2s
     # model per pair -- shared ceilings are trained once
     assert metrics["trained_models"] == 2 * (weak_models + strong_models + n_pairs)
-    assert any(r.get("note", "").startswith("skipped") for r in read_log(first))
+    assert any(r.get("note", "").startswith("skipped") for r in read_jsonl(first / "log.jsonl"))
     if metrics["plot"]:
         assert (first / metrics["plot"]).is_file()
     # a second run of the same sweep trains nothing: every fit comes from the cache
@@ -108,7 +93,7 @@ def test_sweep_trains_each_ceiling_once_and_reuses_the_cache(tmp_path, cache_dir
     assert cli(["generalize", *sweep, "--run-dir", str(second)]) == 0
     again = json.loads((second / "metrics.json").read_text())
     assert again["trained_models"] == 0
-    fits = [r for r in read_log(second) if r.get("stage") == "fit"]
+    fits = [r for r in read_jsonl(second / "log.jsonl") if r.get("stage") == "fit"]
     assert fits and all(r["cached"] for r in fits)
     assert [row["median_pgr"] for row in again["pgr_table"]] == [
         row["median_pgr"] for row in metrics["pgr_table"]]
@@ -135,7 +120,8 @@ def test_interrupted_strong_training_resumes_from_its_checkpoint(tmp_path, cache
         main(args)
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert cli(args) == 0
-    fitted = [r for r in read_log(tmp_path / "run") if r.get("stage") == "fitted"]
+    fitted = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl")
+              if r.get("stage") == "fitted"]
     w2s = [r for r in fitted if r["loss"] == "logconf"]
     assert w2s and w2s[-1]["resumed_from"] == 2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -180,7 +166,7 @@ def test_probe_mode_caches_features(tmp_path, cache_dir):
     run_dir = tmp_path / "probe"
     assert cli(["generalize", *TINY, "--task", "toy-sentiment", "--mode", "probe",
                 "--run-dir", str(run_dir)]) == 0
-    feats = [r for r in read_log(run_dir) if r.get("stage") == "features"]
+    feats = [r for r in read_jsonl(run_dir / "log.jsonl") if r.get("stage") == "features"]
     assert [r["cached"] for r in feats] == [False, False, True]  # strong features reused
 
 
@@ -271,7 +257,8 @@ def test_generative_finetuning_runs_before_classification(tmp_path, cache_dir):
     run_dir = tmp_path / "gen"
     assert cli(["generalize", *TINY, "--task", "toy-sentiment", "--gen-finetune",
                 "--gen-epochs", "0.25", "--run-dir", str(run_dir)]) == 0
-    done = [r for r in read_log(run_dir) if r.get("stage") == "gen_finetune" and "model" in r]
+    done = [r for r in read_jsonl(run_dir / "log.jsonl")
+            if r.get("stage") == "gen_finetune" and "model" in r]
     assert [r["model"] for r in done] == ["tiny:llama-1x32", "tiny:llama-2x32"]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
 
@@ -337,22 +324,14 @@ def test_sweep_fans_out_over_worker_processes(tmp_path, cache_dir):
     cache; the parent's pass then trains nothing and reports what a one-process sweep reports."""
     sweep = [*TINY, "--task", "toy-sentiment", "--weak", "tiny:llama-1x32",
              "--strong", "tiny:llama-2x32,tiny:llama-1x64", "--seeds", "0"]
-    fanned = tmp_path / "fanned"
-    assert cli(["generalize", *sweep, "--launcher", "local", "--workers", "2",
-                "--run-dir", str(fanned)]) == 0
-    metrics = json.loads((fanned / "metrics.json").read_text())
-    assert metrics["trained_models"] == 0  # the jobs trained everything
-    jobs = sorted(p.name for p in (fanned / "jobs").iterdir() if p.is_dir())
-    assert jobs == ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
+    fanned, jobs = tmp_path / "fanned", ["tiny_llama-1x64-seed0", "tiny_llama-2x32-seed0"]
+    metrics = fan_out("generalize", sweep, fanned, jobs)
     for job in jobs:
         assert json.loads((fanned / "jobs" / job / "metrics.json").read_text())["status"] == "ok"
-    started = [r for r in read_log(fanned) if r.get("event") == "job started"]
+    started = [r for r in read_jsonl(fanned / "log.jsonl") if r.get("event") == "job started"]
     assert len(started) == 2
     # the same sweep in one process, on a fresh cache, gives the same figures
-    cache_dir.rename(tmp_path / "used-cache")
-    alone = tmp_path / "alone"
-    assert cli(["generalize", *sweep, "--run-dir", str(alone)]) == 0
-    ref = json.loads((alone / "metrics.json").read_text())
+    ref = in_one_process("generalize", sweep, tmp_path / "alone", cache_dir)
     assert [(r["pair"], r["median_pgr"], r["median_w2s_acc"]) for r in metrics["pgr_table"]] == [
         (r["pair"], r["median_pgr"], r["median_w2s_acc"]) for r in ref["pgr_table"]]
 

@@ -5,24 +5,17 @@ an OpenAI-compatible server started here on 127.0.0.1 (retries, refusals, the ju
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from helpers import LocalServer, run_cli
 
-from w2s.cli import main
 from w2s.errors import W2SError
 from w2s.evaluation import build_judge, evaluate_winrate, parse_judge
 from w2s.evaluation.judges import parse_verdict
 from w2s.evaluation.judges.api import ApiJudge, RateLimiter, chat_url
 from w2s.evaluation.judges.rewards import log_odds
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def rows(responses):
@@ -200,7 +193,7 @@ def test_llm_judge_reads_verdict_logprobs():
 # API judge against a local OpenAI-compatible server
 
 
-class FakeJudgeServer:
+class FakeJudgeServer(LocalServer):
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that prefers the output holding
     "GOOD". Modes: ok; refuse (always ``status``); fail_after (ok for ``k`` chat requests, then
     500); flaky (the first chat request 500, then ok); slow (sleeps past the client timeout)."""
@@ -252,16 +245,7 @@ class FakeJudgeServer:
                 self._send(200, {"choices": [{"message": {"role": "assistant",
                                                           "content": verdict}}]})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture

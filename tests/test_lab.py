@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import cli
 
-from w2s.cli import main
 from w2s.lab import legs, run_lab
 from w2s.methods.deception.lab import lab_summary as _summarize_deception
 from w2s.methods.generalize.lab import lab_summary as _summarize_generalize
@@ -72,10 +72,8 @@ def test_lab_writes_summary_and_records_a_failed_leg(tmp_path, cache_dir, monkey
 
     # a leg that breaks is recorded as failed and the command exits 1, after writing the summary
     (recipes / "generalize.yaml").write_text(yaml.safe_dump({**TINY, "weak": "tiny:llama-9x33"}))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["lab", "--only", "generalize", "--recipes", str(recipes), "--out",
-              str(tmp_path / "broken")])
-    assert exit_info.value.code == 1
+    assert cli(["lab", "--only", "generalize", "--recipes", str(recipes), "--out",
+                str(tmp_path / "broken")]) == 1
     broken = json.loads((tmp_path / "broken" / "summary.json").read_text())
     assert broken["generalize"]["status"] == "failed" and "tiny" in broken["generalize"]["error"]
 

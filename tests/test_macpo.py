@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
@@ -26,6 +27,8 @@ from w2s.methods.macpo.experiment import (
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "macpo"
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 T1, T2, S = "tiny:llama-1x32+toy-preference@5", "tiny:gpt2-1x32+toy-preference@5", \
     "tiny:llama-2x32+toy-preference@5"
 TINY = ["--weak", f"{T1},{T2}", "--strong", S, "--task", "toy-preference", "--iterations", "1",
@@ -34,24 +37,6 @@ TINY = ["--weak", f"{T1},{T2}", "--strong", S, "--task", "toy-preference", "--it
         "--dpo-batch-size", "4", "--dpo-micro-batch-size", "4", "--max-new-tokens", "8",
         "--max-len", "96", "--generation-batch-size", "16"]
 LEARNERS = ("teacher1", "teacher2", "student")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---- pure steps on hand-made agent outputs ---------------------------------------------------
@@ -256,15 +241,16 @@ def test_two_iterations_through_the_cli(tmp_path):
     assert set(metrics["iterations"][0]["teachers"]) == {"teacher1", "teacher2"}
     assert metrics["judge"]["judge"] == "vader"
 
-    q_w2s = {r["id"]: r["prompt"] for r in rows(run_dir / "data" / "q_w2s.jsonl")}
+    q_w2s = {r["id"]: r["prompt"] for r in read_jsonl(run_dir / "data" / "q_w2s.jsonl")}
     for t in (1, 2):
         it = run_dir / f"iter{t}"
-        gens = {f"{lrn}-{pol}": {r["id"]: r["response"] for r in rows(it / f"gen-{lrn}-{pol}.jsonl")}
+        gens = {f"{lrn}-{pol}": {r["id"]: r["response"]
+                                 for r in read_jsonl(it / f"gen-{lrn}-{pol}.jsonl")}
                 for lrn in LEARNERS for pol in ("pos", "neg")}
         assert all(set(g) == set(q_w2s) for g in gens.values())  # every agent answered Q_w2s
         for learner in LEARNERS:
-            pairs = rows(it / f"pairs-{learner}.jsonl")
-            scored = rows(it / f"perplexity-{learner}.jsonl")
+            pairs = read_jsonl(it / f"pairs-{learner}.jsonl")
+            scored = read_jsonl(it / f"perplexity-{learner}.jsonl")
             assert pairs and metrics["iterations"][t - 1]["pairs"][learner] == len(pairs)
             sources = set(positive_sources(learner, ["teacher1", "teacher2"]))
             for p in pairs:  # the files say who gave which answer, and they did
@@ -329,7 +315,7 @@ def test_resume_after_a_crash_redoes_no_finished_stage(tmp_path, monkeypatch):
     assert [d.split(" ")[0] for d in calls["dpo"]] == ["iter1/dpo/student"]  # only the rest
     assert len(calls["gen"]) == 3  # the iteration's test answers; Q_w2s answers were kept
     assert gen_file.stat().st_mtime_ns == before
-    log = rows(run_dir / "log.jsonl")
+    log = read_jsonl(run_dir / "log.jsonl")
     skipped = {r["stage"] for r in log if "finished earlier" in str(r.get("status", ""))}
     assert {"init/sft/teacher1-pos", "init/sft/student-neg", "iter1/dpo/teacher1"} <= skipped
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -346,9 +332,9 @@ def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, 
     assert "left teacher1 no contrastive pairs" in err and "--skip-empty" in err
     assert "iter1/perplexity-teacher1.jsonl" in err
     assert not (run_dir / "metrics.json").exists()
-    scored = rows(run_dir / "iter1" / "perplexity-teacher1.jsonl")
+    scored = read_jsonl(run_dir / "iter1" / "perplexity-teacher1.jsonl")
     assert scored and not any(r["kept"] for r in scored)  # the file shows why
-    assert rows(run_dir / "iter1" / "pairs-teacher1.jsonl") == []
+    assert read_jsonl(run_dir / "iter1" / "pairs-teacher1.jsonl") == []
     # the same run with the flag resumes and skips the learners without pairs; with another
     # judge too (a pairwise one, and VADER for the gold reward): only evaluations are redone
     judges = ["--judge", "llm:tiny:llama-1x32", "--gold-judge", "vader"]
@@ -358,17 +344,17 @@ def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, 
     training = metrics["iterations"][0]["training"]
     assert all(training[lrn]["skipped"] == "no pairs" for lrn in LEARNERS)
     assert metrics["iterations"][0]["pairs"] == {lrn: 0 for lrn in LEARNERS}
-    log = rows(run_dir / "log.jsonl")
+    log = read_jsonl(run_dir / "log.jsonl")
     skipped = {r["stage"] for r in log if "finished earlier" in str(r.get("status", ""))}
     assert {f"init/sft/{lrn}-{pol}" for lrn in LEARNERS for pol in ("pos", "neg")} <= skipped
     assert metrics["judge"]["kind"] == "pairwise" and metrics["gold_judge"]["judge"] == "vader"
     student = metrics["iterations"][0]["student"]
     assert student["gold_reward"] is not None and student["gold_win_rate"] is not None
-    gold = rows(run_dir / "iter1" / "gold-student.jsonl")
+    gold = read_jsonl(run_dir / "iter1" / "gold-student.jsonl")
     assert len(gold) == metrics["n_test_prompts"]
     assert student["gold_reward"] == pytest.approx(
         sum(r["candidate_score"] for r in gold) / len(gold))
-    judged = rows(run_dir / "init" / "judgments-teacher1.jsonl")
+    judged = read_jsonl(run_dir / "init" / "judgments-teacher1.jsonl")
     assert "verdict_candidate_first" in judged[0]  # the init evaluation was judged again
 
 
@@ -503,10 +489,10 @@ def test_vllm_backend_generates_every_agent_through_one_lora_engine_per_base(tmp
             torch.testing.assert_close(call["weights"][key], value, rtol=0, atol=0)
     assert init["teacher1-pos"]["engine"] == str(folders["tiny:llama-1x32"])
     # iteration 1: all six agents answer Q_w2s with seed 0 + 1; the files hold the engine's text
-    first = [c for c in calls if c["seed"] == 1 and c["n"] == len(rows(run_dir / "data" /
+    first = [c for c in calls if c["seed"] == 1 and c["n"] == len(read_jsonl(run_dir / "data" /
                                                                       "q_w2s.jsonl"))]
     assert {c["agent"] for c in first} >= {"student-pos", "student-neg", "teacher2-neg"}
-    gens = rows(run_dir / "iter1" / "gen-student-pos.jsonl")
+    gens = read_jsonl(run_dir / "iter1" / "gen-student-pos.jsonl")
     assert all(r["response"].startswith("answer ") and "of student-pos" in r["response"]
                for r in gens)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -526,4 +512,4 @@ def test_vllm_backend_falls_back_to_hf_with_the_reason(tmp_path, monkeypatch):
         assert cli(["macpo", *TINY, "--backend", "vllm", "--run-dir", str(run_dir)]) == 0
     env = json.loads((run_dir / "env.json").read_text())
     assert env["generation"] == {"backend": "hf", "requested_backend": "vllm"}
-    assert rows(run_dir / "iter1" / "gen-student-pos.jsonl")
+    assert read_jsonl(run_dir / "iter1" / "gen-student-pos.jsonl")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 
-from w2s.cli import main
 from w2s.errors import W2SError
 from w2s.evaluation.report import load_run, markdown_table, table_rows, write_report
 
@@ -77,11 +77,9 @@ def test_load_run_and_table(runs):
 def test_report_cli_writes_markdown_and_plots(runs, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out_dir = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        main(["report", *map(str, runs), "--out-dir", str(out_dir)])
-    captured = capsys.readouterr()
-    assert exc.value.code == 0, captured.err
-    assert "w2s report" in captured.out
+    code, out, err = run_cli(["report", *map(str, runs), "--out-dir", str(out_dir)], capsys)
+    assert code == 0, err
+    assert "w2s report" in out
     md = (out_dir / "report.md").read_text()
     assert "| gen | generalize | ok | 0.5 |" in md
     assert "| search | search | ok | - | 62.5 ± 3.2" in md
@@ -110,10 +108,8 @@ def test_report_without_matplotlib_notes_it(runs, tmp_path, monkeypatch):
 def test_report_bad_input(tmp_path, capsys):
     with pytest.raises(W2SError, match="not a run directory"):
         load_run(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        main(["report", str(tmp_path / "nope")])
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "not a directory" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["report", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not a directory" in err and len(err.strip().splitlines()) == 1
 
 
 def test_gold_reward_of_every_method_is_read(tmp_path):

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import LocalServer, free_port, read_jsonl, run_cli
 
-from w2s.cli import alias_main, main
+from w2s.cli import alias_main
 from w2s.config import build_config
 from w2s.errors import W2SError
 from w2s.methods.search.base import ApiBase, HFBase, Sampling
@@ -32,20 +31,7 @@ from w2s.models.tiny import build_tiny
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "search"
 PROMPTS = ["The hotel was", "I tried the camera last week.", "So, the story of the book"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli(args, capsys, entry=main):
-    with pytest.raises(SystemExit) as exc:
-        entry(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, seed: int = 0):
@@ -273,7 +259,7 @@ def test_finished_beams_are_kept_once():
 WORDS = ["good ", "bad ", "fine ", "nice ", "meh ", "ok "]
 
 
-class FakeCompletionsServer:
+class FakeCompletionsServer(LocalServer):
     """``POST /v1/completions`` on 127.0.0.1: every choice writes ``max_tokens`` characters (a
     character is a token here) drawn from WORDS, seeded by the request's seed and the choice
     index; one choice in six stops early (finish_reason "stop"). Records every request."""
@@ -311,14 +297,7 @@ class FakeCompletionsServer:
                     choices.append({"index": i, "text": text, "finish_reason": reason})
                 self._send({"choices": choices, "usage": {"completion_tokens": used}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -377,10 +356,6 @@ GUIDES = ["--tuned", "tiny:llama-1x32+toy-sentiment@20+toy-sentiment=1@10",
 SMALL = ["--recipe", str(RECIPES / "tiny.yaml"), "--base", "tiny:llama-1x32+toy-sentiment@20",
          *GUIDES, "--n-prompts", "4", "--max-new-tokens", "12", "--w", "2", "--k", "2",
          "--l", "4", "--bon-n", "none", "--prompt-batch", "3"]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_cli_end_to_end_on_the_tiny_recipe(tmp_path, capsys):
@@ -442,12 +417,6 @@ def test_cli_with_an_api_base(completions_server, tmp_path, capsys):
     assert len(read_jsonl(run_dir / "generations-cbs.jsonl")) == 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def saved_bpe_model(folder: Path) -> str:
     tok = bpe_tokenizer()
     bpe_model(tok, 0).save_pretrained(folder)
@@ -480,7 +449,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
         assert code == 2, (extra, err)
         assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
         assert "Traceback" not in err and not run_dir.exists(), extra
-    code, _, err = run_cli(["--w", "-1", *GUIDES], capsys, entry=lambda argv: alias_main(argv, alias="w2s-search"))  # the script
+    script = lambda argv: alias_main(argv, alias="w2s-search")  # noqa: E731  (the console script)
+    code, _, err = run_cli(["--w", "-1", *GUIDES], capsys, entry=script)
     assert code == 2 and "W >= 1" in err
 
 

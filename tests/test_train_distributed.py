@@ -10,15 +10,14 @@ zero-weight dummy micro-batch to join the all-reduce. Only rank 0 may write chec
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import TOY_SEQUENCES, needs_torchrun, run_processes
+
+pytestmark = needs_torchrun
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -40,12 +39,7 @@ SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(64, 32), torch.nn.Linear(32, 32),
                                 torch.nn.Tanh(), torch.nn.Linear(32, 64))  # a bigram model
-    g = torch.Generator().manual_seed(1)
-    seqs = []
-    for _ in range(17):
-        prompt = torch.randint(3, 64, (4,), generator=g)
-        seqs.append(torch.cat([prompt, prompt]))
-
+""") + TOY_SEQUENCES + textwrap.dedent("""
     def collate(items):
         ids = torch.stack(items)
         mask = torch.zeros_like(ids)
@@ -75,32 +69,16 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp_path: Path, name: str, nproc: int, micro: int) -> dict:
     out = tmp_path / name
     out.mkdir()
     script = tmp_path / "train_script.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    if nproc == 1:
-        cmd = [sys.executable, str(script), str(out), str(micro)]
-    else:
-        torchrun = Path(sys.executable).with_name("torchrun")
-        cmd = [str(torchrun), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(script), str(out), str(micro)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_processes([str(script), str(out), str(micro)], nproc, timeout=180)
     return {"dir": out, **json.loads((out / "result.json").read_text())}
 
 
 def test_two_processes_train_like_one(tmp_path):
-    if not Path(sys.executable).with_name("torchrun").exists():
-        pytest.skip("torchrun not installed next to this python")
     one = launch(tmp_path, "one", nproc=1, micro=4)  # 1 process x 4 x 2 accumulation
     two = launch(tmp_path, "two", nproc=2, micro=2)  # 2 processes x 2 x 2 accumulation
 

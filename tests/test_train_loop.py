@@ -16,24 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
 from w2s.errors import W2SError
 from w2s.train import TrainConfig, lm_loss, lr_lambda, read_checkpoint, train
 from w2s.train.loop import _micro_batches
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core CI
-    machine make them several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 def regression_data(n: int = 24, d: int = 4, seed: int = 0):
@@ -90,25 +82,22 @@ def run(model, data, config, **kw):
 
 
 def test_lr_lambda_hand_computed_values():
-    # cosine, no warm-up, 10 steps: 1 at the start, 1/2 half-way, (1 + cos(0.9 pi)) / 2 last
-    assert lr_lambda(0, 10, 0, "cosine") == pytest.approx(1.0)
-    assert lr_lambda(5, 10, 0, "cosine") == pytest.approx(0.5)
-    assert lr_lambda(9, 10, 0, "cosine") == pytest.approx(0.0244717418)
-    assert lr_lambda(10, 10, 0, "cosine") == pytest.approx(0.0)
-    # linear: 1 - step / total
-    assert lr_lambda(0, 10, 0, "linear") == pytest.approx(1.0)
-    assert lr_lambda(2, 10, 0, "linear") == pytest.approx(0.8)
-    assert lr_lambda(9, 10, 0, "linear") == pytest.approx(0.1)
+    # (step, total steps, warm-up steps, scheduler) and the factor worked out by hand
+    by_hand = [
+        # cosine, no warm-up, 10 steps: 1 at the start, 1/2 half-way, (1 + cos(0.9 pi)) / 2 last
+        ((0, 10, 0, "cosine"), 1.0), ((5, 10, 0, "cosine"), 0.5),
+        ((9, 10, 0, "cosine"), 0.0244717418), ((10, 10, 0, "cosine"), 0.0),
+        # linear: 1 - step / total
+        ((0, 10, 0, "linear"), 1.0), ((2, 10, 0, "linear"), 0.8), ((9, 10, 0, "linear"), 0.1),
+        # warm-up over 2 of 10 steps: 1/2, 1, then the decay over the remaining 8 steps
+        ((0, 10, 2, "cosine"), 0.5), ((1, 10, 2, "cosine"), 1.0), ((2, 10, 2, "cosine"), 1.0),
+        ((6, 10, 2, "cosine"), 0.5), ((6, 10, 2, "linear"), 0.5),
+        ((0, 10, 4, "constant"), 0.25), ((3, 10, 4, "constant"), 1.0),
+    ]
+    for args, factor in by_hand:
+        assert lr_lambda(*args) == pytest.approx(factor), args
     # constant
     assert lr_lambda(7, 10, 0, "constant") == 1.0
-    # warm-up over 2 of 10 steps: 1/2, 1, then the decay over the remaining 8 steps
-    assert lr_lambda(0, 10, 2, "cosine") == pytest.approx(0.5)
-    assert lr_lambda(1, 10, 2, "cosine") == pytest.approx(1.0)
-    assert lr_lambda(2, 10, 2, "cosine") == pytest.approx(1.0)
-    assert lr_lambda(6, 10, 2, "cosine") == pytest.approx(0.5)
-    assert lr_lambda(6, 10, 2, "linear") == pytest.approx(0.5)
-    assert lr_lambda(0, 10, 4, "constant") == pytest.approx(0.25)
-    assert lr_lambda(3, 10, 4, "constant") == pytest.approx(1.0)
     with pytest.raises(ValueError):
         lr_lambda(5, 10, 0, "exponential")
 
@@ -350,15 +339,13 @@ def test_a_launch_the_loop_cannot_run_is_refused_before_any_work(env, fix, monke
     """`accelerate launch --config_file X.yaml -m w2s ...` says what X asks for in these
     variables: a config the loop cannot run stops the method command at once with the fix,
     and no run directory is made."""
-    from w2s.cli import main
-
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    with pytest.raises(SystemExit) as exc:
-        main(["generalize", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32",
-              "--task", "toy-sentiment", "--run-dir", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and len(err.splitlines()) == 1 and fix in err
+    code, _, err = run_cli(["generalize", "--weak", "tiny:llama-1x32", "--strong",
+                            "tiny:llama-2x32", "--task", "toy-sentiment",
+                            "--run-dir", str(tmp_path / "run")], capsys)
+    err = err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and fix in err
     assert not (tmp_path / "run").exists()
 
 

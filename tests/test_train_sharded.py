@@ -21,18 +21,21 @@ CI), which installs it and sets W2S_REQUIRE_DEEPSPEED=1.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    ROOT,
+    TOY_SEQUENCES,
+    launch_env,
+    need_deepspeed,
+    needs_torchrun,
+    run_processes,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+pytestmark = needs_torchrun
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -47,12 +50,7 @@ SCRIPT = textwrap.dedent("""
                                          num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=2, tie_word_embeddings=False))
     model.model.embed_tokens.weight.requires_grad_(False)
-    g = torch.Generator().manual_seed(1)
-    seqs = []
-    for _ in range(17):
-        prompt = torch.randint(3, 64, (4,), generator=g)
-        seqs.append(torch.cat([prompt, prompt]))
-
+""") + TOY_SEQUENCES + textwrap.dedent("""
     def collate(items):
         return {"input_ids": torch.stack(items)}
 
@@ -99,64 +97,15 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_env(config: str, nproc: int) -> dict[str, str]:
-    """What `accelerate launch --config_file recipes/accelerate/<config>` puts in the
-    environment of each process (accelerate's own launch code, no process started)."""
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
-
-    args = launch_command_parser().parse_args([
-        "--config_file", str(ROOT / "recipes/accelerate" / config),
-        "--num_processes", str(nproc), "-m", "w2s"])
-    args, defaults, mp_from_config = _validate_launch_command(args)
-    if args.use_deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
-        fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
-        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
-        env = prepare_deepspeed_cmd_env(args)[1]
-    else:
-        env = prepare_multi_gpu_env(args)
-    return {k: v for k, v in env.items()
-            if k.startswith(("FSDP_", "ACCELERATE_USE_", "ACCELERATE_DEEPSPEED_",
-                             "ACCELERATE_CONFIG_DS_"))}
-
-
-def fsdp_env(nproc: int) -> dict[str, str]:
-    return launch_env("fsdp.yaml", nproc)
-
-
-def need_deepspeed() -> None:
-    """Skip without DeepSpeed (an optional extra), unless the run requires it (make test)."""
-    import importlib.util
-
-    if importlib.util.find_spec("deepspeed") is None:
-        if os.environ.get("W2S_REQUIRE_DEEPSPEED") == "1":
-            pytest.fail("W2S_REQUIRE_DEEPSPEED=1 but deepspeed is not installed "
-                        "(pip install -e '.[deepspeed]')")
-        pytest.skip("deepspeed is not installed (pip install -e '.[deepspeed]')")
-
-
 def launch(tmp_path: Path, name: str, nproc: int, micro: int, crash_at: int = 0,
            precision: str = "no", config: str = "fsdp.yaml") -> dict | None:
     out = tmp_path / name
     out.mkdir(exist_ok=True)
     script = tmp_path / "fsdp_script.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    if nproc == 1:
-        cmd = [sys.executable, str(script)]
-    else:
-        env.update(launch_env(config, nproc))
-        cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-               "--master_port", str(_port()), str(script)]
-    proc = subprocess.run([*cmd, str(out), str(crash_at), str(micro), precision],
-                          capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = {"PYTHONPATH": str(ROOT), **(launch_env(config, nproc) if nproc > 1 else {})}
+    run_processes([str(script), str(out), str(crash_at), str(micro), precision], nproc,
+                  env=env, timeout=240)
     result = out / "result.json"
     return {"dir": out, **json.loads(result.read_text())} if result.exists() else None
 
@@ -169,7 +118,6 @@ def assert_same_training(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=atol)
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 def test_fsdp_trains_like_one_process_and_resumes_across_launches(tmp_path):
     one = launch(tmp_path, "one", nproc=1, micro=4)  # 1 process x 4 x 2 accumulation
     two = launch(tmp_path, "fsdp", nproc=2, micro=2)  # 2 sharded processes x 2 x 2
@@ -195,7 +143,6 @@ def test_fsdp_trains_like_one_process_and_resumes_across_launches(tmp_path):
     assert_same_training(two, again, atol=1e-6)
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 def test_fsdp_in_bf16_trains_like_one_process_in_bf16(tmp_path):
     """bf16 under FSDP2: the sharded copy computes in bf16 from fp32 master weights (accelerate's
     MixedPrecisionPolicy) where one process autocasts, so the curves agree to bf16 rounding."""
@@ -206,7 +153,6 @@ def test_fsdp_in_bf16_trains_like_one_process_in_bf16(tmp_path):
     assert one["losses"][-1] < one["losses"][0] - 0.3 and two["plain"]
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 def test_deepspeed_zero3_trains_like_one_process_and_resumes(tmp_path):
     """ZeRO-3 with the loop driving the engine: micro-batches of 2, two per step, the partial
     last step of each epoch included; clipping by the engine at max_grad_norm."""

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
-from w2s.cli import main
 from w2s.errors import W2SError
 from w2s.evaluation import (
     evaluate_winrate,
@@ -20,14 +20,6 @@ from w2s.evaluation import (
 )
 from w2s.evaluation.judges import PairwiseJudge
 from w2s.evaluation.winrate import lc_win_rate_with_reason, outcome_counts
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
 
 # --------------------------------------------------------------------------------------------
 # arithmetic

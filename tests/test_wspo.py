@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
@@ -30,6 +31,8 @@ from w2s.train import TrainConfig, train
 from w2s.train.losses import wspo_loss
 from w2s.train.preference import encode, score_tokens
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OPTIONS = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-preference",
            "n-train": "16", "n-eval": "6", "judge": "vader", "mode": "full", "max-len": "96",
            "max-new-tokens": "8", "temperature": "1", "gen-batch-size": "8",
@@ -47,14 +50,6 @@ def args(**changes: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
 def quiet_small_test_set():
     """Six evaluation prompts are a deliberately tiny test set here: no warning about it."""
     from w2s.data import SmallTestSetWarning
@@ -62,12 +57,6 @@ def quiet_small_test_set():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallTestSetWarning)
         yield
-
-
-def cli(argv: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    return exit_info.value.code
 
 
 def metrics_of(run_dir: Path) -> dict:
@@ -184,7 +173,7 @@ def test_pipeline_end_to_end_then_reuse_of_every_weak_stage(tmp_path, cache_dir,
     for name in ("config.yaml", "env.json", "log.jsonl", "generations.jsonl",
                  "generations_before.jsonl", "judgments.jsonl", "model/config.json"):
         assert (first / name).is_file(), name
-    log = [json.loads(line) for line in (first / "log.jsonl").read_text().splitlines()]
+    log = read_jsonl(first / "log.jsonl")
     steps = [r for r in log if r.get("stage") == "wspo" and "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all("strong_log_ratio" in r and "target_log_ratio" in r for r in steps)
