@@ -23,6 +23,7 @@ from w2s.errors import W2SError
 from w2s.evaluation import ROLE_CEILING, ROLE_W2S, ROLE_WEAK, pgr_from_predictions
 from w2s.methods.generalize import GeneralizeConfig, stage_train_config
 from w2s.runs import Cache, content_hash
+from w2s.tiny import pretrained_tiny  # w2s.tiny also registers tiny:...+<stage> names
 from w2s.train.losses import logconf_losses, product_losses, xent_losses
 
 PROBE_LR = 1e-3
@@ -161,8 +162,6 @@ class Experiment:
             return self._sources[name]
         src = name
         if self.cfg.task == "tinyworld" and name.startswith("tiny:"):
-            from w2s.data.tinyworld import pretrained_tiny
-
             src = str(pretrained_tiny(name, self.cfg.world, log=self.log))
         if self.cfg.gen_finetune:
             src = self._gen_finetuned(src)

@@ -108,6 +108,7 @@ CONFIG = SearchConfig
 
 def run(cfg: SearchConfig) -> dict:
     """Decode the prompts with every decoder, judge them, write the run; returns metrics.json."""
+    import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
     from w2s.runs import Run
     from w2s.seeding import seed_everything
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
 from w2s.methods.wspo import WSPOConfig, config_summary, sampling, stage_train_config, validate
 from w2s.models.resolve import model_identity
