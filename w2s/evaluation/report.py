@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from w2s.errors import W2SError
-from w2s.runs import HEADLINE_KEYS, atomic_write_text
+from w2s.evaluation.pgr import pgr_from_predictions
+from w2s.runs import HEADLINE_KEYS, atomic_write_text, read_jsonl
 
 SKIP_FIGURES = {"method", "status", "world_size", "win_rate_se", *HEADLINE_KEYS}
 GOLD_KEYS = ("candidate_reward_mean", "gold_reward_mean", "gold_reward")
@@ -52,9 +53,6 @@ def _pairs(path: Path, metrics: dict) -> dict[str, dict]:
     """PGR per pair: recomputed from predictions.jsonl when present, else metrics['pairs']."""
     pred = path / "predictions.jsonl"
     if pred.is_file():
-        from w2s.evaluation.pgr import pgr_from_predictions
-        from w2s.runs import read_jsonl
-
         try:
             return {p or path.name: r for p, r in
                     pgr_from_predictions(read_jsonl(pred), n_boot=200, seed=0).items()}

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from w2s.errors import W2SError, did_you_mean
 from w2s.models import offline as _offline
 from w2s.models.registry import FAMILY_LORA_TARGETS, REGISTRY, ModelSpec, default_lr, get_spec
@@ -134,7 +136,6 @@ def _looks_like_path(name: str) -> bool:
 def _config_facts(folder: str | Path) -> tuple[float | None, str | None]:
     """(size in billions, family) from a checkpoint's config.json, counted on the meta device."""
     try:
-        import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = AutoConfig.from_pretrained(folder)
