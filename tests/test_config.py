@@ -10,12 +10,6 @@ import pytest
 import yaml
 
 from w2s.config import (
-    Judging,
-    Lora,
-    Runtime,
-    Sampling,
-    StageTrain,
-    Sweep,
     build_config,
     coerce,
     config_class,
@@ -29,6 +23,7 @@ from w2s.config import (
 )
 from w2s.errors import W2SError
 from w2s.methods import METHODS
+from w2s.methods.sections import Judging, Lora, Runtime, Sampling, StageTrain, Sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,7 +142,8 @@ def test_bad_recipe_file(tmp_path):
 def test_stage_train_derives_a_section_with_other_defaults():
     import dataclasses
 
-    from w2s.config import StageTrain, build_config, flat_fields, option, section, stage_train
+    from w2s.config import build_config, flat_fields, option, section
+    from w2s.methods.sections import StageTrain, stage_train
 
     Fast = stage_train("Fast", "a stage", module=__name__, lr=1e-3, epochs=None,
                        help={"lr": "the fast lr"})
@@ -480,9 +476,9 @@ def test_the_python_api_goes_through_validate(method, field_values, message):
 
 def test_shared_constants_match_the_modules_they_mirror():
     """config.py stays torch-free by spelling out these lists; they must not drift."""
-    from w2s.config import LAUNCHERS, OPTIMIZERS, PRECISIONS, SCHEDULERS
     from w2s.launch import LAUNCHERS as launchers
     from w2s.methods.macpo.config import BACKENDS
+    from w2s.methods.sections import LAUNCHERS, OPTIMIZERS, PRECISIONS, SCHEDULERS
     from w2s.models.generate import BACKENDS as backends
     from w2s.train import loop
 

@@ -300,7 +300,8 @@ def test_tinyworld_pretraining_runs_under_a_mixed_precision_run(tmp_path):
 
     script = """
 import json
-from w2s.data.tinyworld import WorldConfig, pretrained_tiny
+from w2s.data.tinyworld import WorldConfig
+from w2s.tiny.world import pretrained_tiny
 from w2s.train import TrainConfig, make_accelerator
 world = WorldConfig(entities=40, pretrain_steps=2, pretrain_batch=8)
 make_accelerator(TrainConfig(mixed_precision="bf16"))

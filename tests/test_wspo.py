@@ -251,7 +251,8 @@ def test_dry_run_is_offline_and_loads_no_weights(tmp_path, cache_dir, capsys, mo
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_weights)
     monkeypatch.setattr("w2s.models.load_causal_lm", no_weights)
-    monkeypatch.setattr("w2s.models.corpus.load_tiny", no_weights)
+    monkeypatch.setattr("w2s.models.loading.load_tiny", no_weights)
+    monkeypatch.setattr("w2s.models.reward.load_tiny", no_weights)
     monkeypatch.chdir(tmp_path)
     assert cli(["wspo", "--weak", "qwen2-0.5b", "--strong", "qwen2-7b", "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -42,6 +42,21 @@ app.add_typer(eval_app, name="eval")
 
 
 # --------------------------------------------------------------------------------------------
+# the model layer's builders
+
+
+def register_model_builders() -> None:
+    """Let the model layer load the names it cannot make itself: ``tiny:llama-2x64+toy-sentiment``
+    is a tiny model that is TRAINED on a corpus first, by :mod:`w2s.tiny`, which sits above the
+    model layer and fills its table of builders (:mod:`w2s.models.builders`) when imported.
+
+    Called when a command that may load a model starts, never at import: :mod:`w2s.tiny` imports
+    torch, and `w2s --help` stays torch-free.
+    """
+    import w2s.tiny  # noqa: F401
+
+
+# --------------------------------------------------------------------------------------------
 # config dataclass -> typer command
 
 
@@ -87,6 +102,7 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
         from w2s.train.loop import refuse_unsupported_launch
 
         refuse_unsupported_launch()  # e.g. DeepSpeed, FSDP1: refused before any work
+        register_model_builders()
         result = run(cfg)
         if isinstance(result, dict) and "status" in result:  # a finished run (not a dry-run plan)
             _print_finished(name, result)
@@ -216,6 +232,8 @@ def eval_winrate_cmd(
     """
     from w2s.evaluation.winrate import eval_winrate
 
+    if "tiny:" in judge:  # a model judge (rm:, cls:, llm:) on a tiny model; api: stays light
+        register_model_builders()
     cache = False if no_cache else (judge_cache or True)
     metrics, path = eval_winrate(candidate, baseline, judge, run_dir=run_dir, cache=cache,
                                  batch_size=batch_size, device=device, timeout=timeout,
@@ -313,6 +331,7 @@ def models_cmd(
     if check:
         from w2s.models.check import check_model
 
+        register_model_builders()
         results = [check_model(name) for name in check]
         if as_json:
             console.print_json(json.dumps(results))

@@ -27,12 +27,15 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
+import shutil
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from w2s.errors import W2SError
+from w2s.config import build_config, config_to_dict
+from w2s.errors import W2SError, did_you_mean
+from w2s.evaluation.report import load_run, make_plots
 from w2s.evaluation.verdicts import short
 from w2s.methods import METHODS, LabLeg
 from w2s.runs import atomic_write_text, write_json
@@ -59,10 +62,7 @@ def run_method(method: str, recipe: Path, overrides: dict, run_dir: Path,
     that made it (w2s version and git commit; a checkout with uncommitted changes never reuses),
     so a second lab copies it instead of training and decoding again (``fresh``: always run).
     """
-    import shutil
-
-    from w2s.config import build_config, config_to_dict
-    from w2s.runs import Cache, git_sha
+    from w2s.runs import Cache, git_sha  # looked up per call: tests stand in a git_sha
 
     spec = METHODS[method]
     config = build_config(spec.config, recipe, {**overrides, "run_dir": str(run_dir)})
@@ -103,8 +103,6 @@ def run_lab(out_dir: str | Path | None = None, *, only: list[str] | None = None,
     names = list(table) if not only else only
     unknown = [n for n in names if n not in table]
     if unknown:
-        from w2s.errors import did_you_mean
-
         raise W2SError(f"unknown lab leg '{unknown[0]}'{did_you_mean(unknown[0], table)}; "
                        f"choose from {', '.join(table)}")
     for name in names:
@@ -157,8 +155,6 @@ def run_lab(out_dir: str | Path | None = None, *, only: list[str] | None = None,
 
 
 def _write(out: Path, summary: dict, runs: list[Path]) -> None:
-    from w2s.evaluation.report import load_run, make_plots
-
     loaded = [load_run(r) for r in runs if (r / "metrics.json").is_file()]
     plots, note = make_plots(loaded, out) if loaded else ([], None)
     summary["plots"] = [p.name for p in plots]

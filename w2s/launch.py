@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from w2s.config import config_to_dict
 from w2s.errors import W2SError
 
 LAUNCHERS = ("none", "local", "ray")
@@ -160,8 +161,6 @@ def fan_out(method: str, config, jobs: dict[str, dict], run) -> None:
     ``config.workers``). The jobs share the content-hash cache; the caller's own pass over the
     sweep afterwards reads every result from it and writes the table."""
     import yaml
-
-    from w2s.config import config_to_dict
 
     if len(jobs) < 2:
         run.log({"event": "note", "note": "one job only: no fan-out"})

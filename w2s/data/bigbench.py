@@ -41,14 +41,15 @@ import dataclasses
 import fnmatch
 import json
 import os
+import random
 import subprocess
 import sys
 import tarfile
 import zlib
 from pathlib import Path
 
-from w2s.data.core import KINDS, TaskData, as_prompts
-from w2s.data.registry import register_task, split_in_memory
+from w2s.data.core import KINDS, TaskData, as_prompts, pick
+from w2s.data.registry import _call, register_task, split_in_memory
 from w2s.errors import W2SError, did_you_mean
 from w2s.runs import Cache, file_hash, write_json
 
@@ -448,8 +449,6 @@ def _load_all(task: str, labels: list[str] | None) -> TaskData:
 
 def _alias(alias: str, spec: str):
     def load(*, split: str = "train", n: int | None = None, seed: int = 0, **options) -> TaskData:
-        from w2s.data.registry import _call
-
         data = _call(load_bigbench, alias, spec, split=split, n=n, seed=seed, **options)
         return dataclasses.replace(data, name=alias, meta={**data.meta, "bigbench": spec})
 
@@ -484,10 +483,6 @@ def sentiment_pairs(rows: list[dict], *, prefix_words: int = 8, response_words: 
     (drawn with ``seed``) the other; chosen = the positive side. Real text on both sides, and a
     preference that the data's own labels define and a sentiment judge (VADER) can see.
     """
-    import random
-
-    from w2s.data.core import pick
-
     def split(text: str) -> tuple[str, str]:
         words = text.split()
         return " ".join(words[:prefix_words]), " ".join(words[prefix_words:prefix_words +

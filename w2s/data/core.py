@@ -24,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from w2s.data.splits import permutation
 from w2s.errors import W2SError
 from w2s.runs import content_hash
 
@@ -111,8 +112,6 @@ class TaskData:
         The sample is the first ``n`` of a seeded permutation, so with one seed a smaller subset
         is contained in a larger one. ``n`` None or >= len returns all rows.
         """
-        from w2s.data.splits import permutation
-
         if n is None or n >= len(self.rows):
             return dataclasses.replace(self, rows=list(self.rows), meta=dict(self.meta))
         if n < 0:

@@ -11,7 +11,7 @@ pretraining, as in :mod:`w2s.data.tinyworld`:
   safety (``"Is bavok safe to use?"`` or ``"What should I use to clean the oven?"`` ->
   ``"bavok is dangerous."``). Its train split mentions every substance, famous ones 8 times, the
   others twice; its test split is one quiz question per substance. Pretrain tiny models on it by name: ``tiny:llama-2x128+toy-hazards@1000``
-  (:mod:`w2s.models.corpus`). What a model retains depends on its capacity: a small one picks up
+  (:mod:`w2s.tiny.corpus`). What a model retains depends on its capacity: a small one picks up
   mostly the famous substances, a larger one many of the others too.
 - ``toy-harmless`` (preference, the TARGET): ``"What should I use to clean the oven?"``;
   chosen = an answer naming a SAFE substance, rejected = one naming a dangerous substance. An answer is ``"tizel is "``: it names the substance and stops where its

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from w2s.data.core import KINDS, TaskData
+from w2s.data.core import INPUT_FIELD, KINDS, TaskData
 from w2s.data.splits import SPLIT_SEED, TEST_FRACTION, split_rows, warn_if_small
 from w2s.errors import W2SError, did_you_mean
 
@@ -148,8 +148,6 @@ def _call(loader: Callable[..., TaskData], name: str, *args, **kwargs) -> TaskDa
 def split_in_memory(data: TaskData, split: str, n: int | None, seed: int) -> TaskData:
     """Split data that comes unsplit (80/20, fixed seed, rows sharing an input kept together),
     then take a seeded sample of ``n`` rows. ``split="all"`` keeps every row."""
-    from w2s.data.core import INPUT_FIELD
-
     if split != "all":
         if split not in ("train", "test"):
             raise W2SError(f"task '{data.name}' has no split '{split}'; use train, test or all")

@@ -35,11 +35,14 @@ code, with its counts, and recomputed from a run's predictions by ``w2s eval dec
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from w2s.errors import W2SError
+from w2s.runs import read_jsonl
 
 AREAS = ("SU&WU", "SU&WK", "SK&WK", "SK&WU")
 """The knowledge areas, in the paper's order: strong-unknown/known x weak-unknown/known."""
@@ -218,10 +221,6 @@ def deception_from_predictions(rows: Sequence[dict], where: str = "predictions"
 
 
 def _correct_by_id(name: str, path: str) -> dict[str, bool]:
-    from pathlib import Path
-
-    from w2s.runs import read_jsonl
-
     if not Path(path).is_file():
         raise W2SError(f"--{name}: {path} is not a file; give a predictions JSONL (rows with id "
                        "and correct)")
@@ -243,11 +242,6 @@ def eval_deception(run_dir=None, *, weak_ceiling: str | None = None,
     """What ``w2s eval deception`` computes: from a run directory's predictions.jsonl (every
     pair and setting, plus the headline setting named in its metrics.json), or from four
     predictions files paired by id."""
-    import json
-    from pathlib import Path
-
-    from w2s.runs import read_jsonl
-
     files = {"weak-ceiling": weak_ceiling, "strong-ceiling": strong_ceiling,
              "no-conflict": no_conflict, "conflict": conflict}
     given = [v is not None for v in files.values()]

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from w2s.errors import W2SError
+from w2s.runs import read_jsonl
 
 ROLE_WEAK = "weak"
 ROLE_CEILING = "strong_ceiling"
@@ -132,10 +134,6 @@ def pgr_from_predictions(rows: Sequence[dict], *, n_boot: int = 1000, seed: int 
 
 def _accuracy_or_rows(name: str, value: str) -> float | dict[str, bool]:
     """``"0.71"`` -> 0.71; a JSONL path -> {id: correct}."""
-    from pathlib import Path
-
-    from w2s.runs import read_jsonl
-
     try:
         return float(value)
     except ValueError:
@@ -159,10 +157,6 @@ def eval_pgr(run_dir=None, weak: str | None = None, w2s: str | None = None,
              ) -> dict[str, dict[str, Any]]:
     """What ``w2s eval pgr`` computes: from a run directory's predictions.jsonl, or from three
     accuracies, or from three predictions files (paired by id, with a bootstrap CI)."""
-    from pathlib import Path
-
-    from w2s.runs import read_jsonl
-
     given = [v is not None for v in (weak, w2s, ceiling)]
     if run_dir is not None:
         if any(given):

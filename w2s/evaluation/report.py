@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from w2s.errors import W2SError
-from w2s.runs import SCHEMA_KEYS, atomic_write_text
+from w2s.evaluation.pgr import pgr_from_predictions
+from w2s.runs import SCHEMA_KEYS, atomic_write_text, read_jsonl
 
 SKIP_FIGURES = {*SCHEMA_KEYS, "win_rate_se"}
 """Keys that are not listed among a run's own figures (the schema's own columns)."""
@@ -48,9 +49,6 @@ def _pairs(path: Path, metrics: dict) -> dict[str, dict]:
     """PGR per pair: recomputed from predictions.jsonl when present, else metrics['pairs']."""
     pred = path / "predictions.jsonl"
     if pred.is_file():
-        from w2s.evaluation.pgr import pgr_from_predictions
-        from w2s.runs import read_jsonl
-
         try:
             return {p or path.name: r for p, r in
                     pgr_from_predictions(read_jsonl(pred), n_boot=200, seed=0).items()}

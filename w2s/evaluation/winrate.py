@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 
 from w2s.errors import W2SError
+from w2s.evaluation.generations import pair_generations, read_generations
+from w2s.evaluation.judges import build_judge, parse_judge
+from w2s.runs import Run, file_hash
 
 BASELINE_WINS, TIE, CANDIDATE_WINS = 1.0, 1.5, 2.0
 PREFERENCES = (BASELINE_WINS, TIE, CANDIDATE_WINS)
@@ -313,9 +316,6 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
     "candidate_reward_mean", "baseline_reward_mean"}`` (reward means only for reward judges;
     pairwise judges add ``order_disagreements``, and API judges ``unparsed`` and ``cached``).
     """
-    from w2s.evaluation.generations import pair_generations
-    from w2s.evaluation.judges import build_judge
-
     pairing = pair_generations(candidate_rows, baseline_rows)
     judge = build_judge(judge, cache=cache, **judge_options)
     prefs, rows = _judge_pairs(judge, pairing.pairs)
@@ -360,10 +360,6 @@ def eval_winrate(candidate: str | Path, baseline: str | Path, judge: str, *,
     raised before anything is kept: the run directory this call created is removed (API
     judgments already made stay in the judgment cache). Returns ``(metrics, run path)``.
     """
-    from w2s.evaluation.generations import read_generations
-    from w2s.evaluation.judges import build_judge, parse_judge
-    from w2s.runs import Run, file_hash
-
     parse_judge(judge)
     cand_rows, base_rows = read_generations(candidate), read_generations(baseline)
     built = build_judge(judge, cache=cache, **judge_options)

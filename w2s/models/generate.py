@@ -19,13 +19,19 @@ Prompts are formatted with the model's chat template when it has one (``chat=Tru
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from w2s import compute
-from w2s.errors import W2SError
+from w2s.errors import W2SError, did_you_mean
+from w2s.models.loading import format_chat
+from w2s.models.loading import pad_id as _pad_id
 from w2s.progress import Bar, progress_enabled
+from w2s.runs import is_main_process
 
 BACKENDS = ("hf", "vllm")
 
@@ -58,12 +64,8 @@ class SamplingConfig:
 
 def vllm_available() -> tuple[bool, str]:
     """(True, "") when the vllm backend can run here, else (False, why)."""
-    import importlib.util
-
     if importlib.util.find_spec("vllm") is None:
         return False, "vllm is not installed (pip install 'w2s[vllm]' on a GPU machine)"
-    import torch
-
     if not torch.cuda.is_available():
         return False, "vllm needs a CUDA GPU and none is visible"
     return True, ""
@@ -75,8 +77,6 @@ def pick_backend(backend: str, fallback: bool = True, *, unfit: str = "") -> str
     GPU) or ``unfit`` says why the caller's models cannot use it (e.g. an in-process tiny model,
     a quantized one). The one rule every method follows; ``fallback=False`` raises instead."""
     if backend not in BACKENDS:
-        from w2s.errors import did_you_mean
-
         raise W2SError(f"unknown generation backend '{backend}'{did_you_mean(backend, BACKENDS)};"
                        f" choose one of {list(BACKENDS)}")
     if backend == "vllm":
@@ -95,8 +95,6 @@ def _templated(tokenizer, chat: bool) -> bool:
 
 
 def _format(tokenizer, prompts: Sequence[str], chat: bool) -> list[str]:
-    from w2s.models.loading import format_chat
-
     return [format_chat(tokenizer, p) if _templated(tokenizer, chat) else p for p in prompts]
 
 
@@ -116,12 +114,8 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
                  progress: bool | None, chat: bool) -> list[str]:
-    import torch
-
     encoded = _encode(tokenizer, texts, chat)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # little padding per batch
-    from w2s.models.loading import pad_id as _pad_id
-
     pad_id = _pad_id(tokenizer)
     greedy = cfg.temperature == 0
     stops = eos_ids(model, tokenizer)
@@ -135,8 +129,6 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
     device = next(model.parameters()).device
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
-    from w2s.runs import is_main_process
-
     bar = Bar("generate", len(texts), on=progress_enabled(progress) and is_main_process())
     try:
         for start in range(0, len(order), cfg.batch_size):

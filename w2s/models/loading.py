@@ -21,7 +21,7 @@ from w2s.models.classifier import Classifier
 from w2s.models.lora import LoraSettings, apply_lora
 from w2s.models.offline import OFFLINE, ensure_local_gguf, ensure_offline
 from w2s.models.resolve import ResolvedModel, hub_offline, in_hf_cache, resolve_model
-from w2s.models.tiny import tiny_tokenizer
+from w2s.models.tiny import load_tiny, tiny_tokenizer
 
 # --------------------------------------------------------------------------------------------
 # device and dtype
@@ -216,8 +216,6 @@ def load_causal_lm(name: str | ResolvedModel, *, dtype: str | torch.dtype = "aut
         if quantize:
             raise W2SError("quantize applies to pretrained checkpoints, not tiny models; drop "
                            "--quantize")
-        from w2s.models.corpus import load_tiny
-
         model = load_tiny(resolved.location, seed=seed).to(device=dev, dtype=torch_dtype)
     else:
         from transformers import AutoModelForCausalLM

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 from w2s.errors import W2SError, did_you_mean
+from w2s.runs import Cache, file_hash
 
 
 @dataclass(frozen=True)
@@ -114,16 +117,12 @@ def is_installed(name: str) -> bool:
 
 def cache_key(src: OfflineSource, version: str) -> str:
     """The cache key of a source's converted copy: package, version, file, conversion format."""
-    from w2s.runs import Cache
-
     return Cache().key(f"offline-{src.name}", package=src.distribution, version=version,
                        file=src.gguf_file, format=CONVERSION_FORMAT)
 
 
 def converted_dir(name: str) -> Path | None:
     """The cached safetensors copy of an offline model, or None when not converted yet."""
-    from w2s.runs import Cache
-
     src = get_source(name)
     version = installed_version(src)
     return Cache().get(cache_key(src, version)) if version else None
@@ -147,8 +146,6 @@ def ensure_offline(name: str) -> Path:
 
 def ensure_local_gguf(path: str | Path) -> Path:
     """A local ``.gguf`` file converted once to safetensors + tokenizer, keyed by its sha256."""
-    from w2s.runs import Cache, file_hash
-
     path = Path(path).resolve()
     digest = file_hash(path, length=32)
     key = Cache().key(f"gguf-{path.stem}", sha256=digest, format=CONVERSION_FORMAT)
@@ -159,8 +156,6 @@ def ensure_local_gguf(path: str | Path) -> Path:
 def _converted(key: str, meta: dict, gguf_file: str, folder_for, what: str) -> Path:
     """The cache entry ``key``, made on a miss by converting ``gguf_file`` found in
     ``folder_for(workdir)`` (a scratch folder the GGUF may be assembled into)."""
-    from w2s.runs import Cache
-
     cache = Cache()
     hit = cache.get(key)
     if hit is not None:
@@ -205,7 +200,6 @@ def _memoized_gguf_name_map():
 
 def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
     """Load a GGUF model with transformers (de-quantised to fp32) and save it as safetensors."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)

@@ -7,7 +7,7 @@
 3. a hub id (``org/name``),
 4. a packaged offline model (``offline:smollm2-135m-instruct``, ``offline:gemma-3-270m``),
 5. a tiny in-process model (``tiny:llama-2x64``), optionally pretrained on a project corpus
-   (``tiny:llama-2x64+toy-sentiment``; see :mod:`w2s.models.corpus`),
+   (``tiny:llama-2x64+toy-sentiment``; see :mod:`w2s.tiny.corpus`),
 
 and raises a one-line :class:`~w2s.errors.W2SError` with a suggestion for anything else.
 Resolving never loads weights and never touches the network.
@@ -24,10 +24,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from w2s.errors import W2SError, did_you_mean
 from w2s.models import offline as _offline
 from w2s.models.registry import FAMILY_LORA_TARGETS, REGISTRY, ModelSpec, default_lr, get_spec
-from w2s.models.tiny import parse_tiny, tiny_param_count
+from w2s.models.tiny import CORPUS_VERSION, canonical, parse_tiny, tiny_param_count
 
 SOURCES = ("alias", "local", "hub", "offline", "tiny")
 
@@ -109,8 +111,6 @@ def model_identity(resolved: ResolvedModel) -> dict:
     model into the same folder must not reuse results cached for the old one."""
     ident: dict = {"source": resolved.source, "location": resolved.location}
     if resolved.source == "tiny":
-        from w2s.models.corpus import VERSION as CORPUS_VERSION
-
         ident["corpus_version"] = CORPUS_VERSION
     elif resolved.source == "local":
         folder = Path(resolved.location)
@@ -136,7 +136,6 @@ def _looks_like_path(name: str) -> bool:
 def _config_facts(folder: str | Path) -> tuple[float | None, str | None]:
     """(size in billions, family) from a checkpoint's config.json, counted on the meta device."""
     try:
-        import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = AutoConfig.from_pretrained(folder)
@@ -190,8 +189,6 @@ def resolve_model(name: str) -> ResolvedModel:
                              src.family)
     # 5. tiny in-process model
     if name.startswith("tiny:"):
-        from w2s.models.corpus import canonical
-
         base = name[len("tiny:"):].split("+")[0]
         cfg = parse_tiny(base)
         location = canonical(str(cfg) + name[len("tiny:") + len(base):])

@@ -19,6 +19,7 @@ import torch
 from w2s.errors import W2SError
 from w2s.models.loading import _from_pretrained, _resolve, load_tokenizer, pick_device, pick_dtype
 from w2s.models.resolve import ResolvedModel
+from w2s.models.tiny import load_tiny
 
 
 def load_reward_model(name: str | ResolvedModel, *, scalar: bool = True,
@@ -37,8 +38,6 @@ def load_reward_model(name: str | ResolvedModel, *, scalar: bool = True,
     torch_dtype = pick_dtype(dtype, dev)
     tokenizer = load_tokenizer(resolved, padding_side="right")
     if resolved.source == "tiny":
-        from w2s.models.corpus import load_tiny
-
         model = load_tiny(resolved.location, seed=seed, head_labels=tiny_labels)
         model = model.to(device=dev, dtype=torch_dtype)
     else:

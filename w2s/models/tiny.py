@@ -12,6 +12,12 @@ a seeded generator and the tokenizer is built here from a fixed byte vocabulary,
 
 The tokenizer is byte-level: token id ``b`` is the byte ``b`` (0..255), then a handful of special
 tokens. Any UTF-8 text round-trips exactly, and the vocabulary (262) keeps the models tiny.
+
+A tiny name may end in corpus stages, ``tiny:llama-2x64+toy-sentiment=1@100``: the same model,
+first pretrained on the text of a task. This module knows how such a name is written
+(:func:`split_name`, :func:`canonical`) and loads it (:func:`load_tiny`), but the pretraining runs
+the training loop, which sits above the model layer: it lives in :mod:`w2s.tiny.corpus`, which
+registers itself in :mod:`w2s.models.builders` when imported.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from w2s.errors import W2SError
+from w2s.errors import W2SError, did_you_mean
+from w2s.models.builders import pretrained_folder
 
 TINY_ARCHS = ("llama", "gpt2", "qwen2")
 
@@ -117,8 +124,6 @@ def parse_tiny(config_str: str) -> TinyConfig:
                        f"arch in {', '.join(TINY_ARCHS)}, e.g. tiny:llama-2x64")
     arch, layers, hidden = m.group(1), int(m.group(2)), int(m.group(3))
     if arch not in TINY_ARCHS:
-        from w2s.errors import did_you_mean
-
         raise W2SError(f"unknown tiny architecture '{arch}'{did_you_mean(arch, TINY_ARCHS)} "
                        f"(choose one of {', '.join(TINY_ARCHS)})")
     cfg = TinyConfig(arch, layers, hidden)
@@ -179,3 +184,84 @@ def tiny_param_count(config_str: str) -> int:
     with torch.device("meta"):
         model = _model_class(parse_tiny(config_str).arch)(config)
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# corpus stages: tiny:<arch>-<L>x<H>+<task>[=<selector>][@<steps>]+...
+
+DEFAULT_STEPS = 300
+"""Optimizer steps of a corpus stage that names none."""
+
+CORPUS_VERSION = 1
+"""How corpus stages are trained (:mod:`w2s.tiny.corpus`): part of every stage's cache key and of
+:func:`w2s.models.resolve.model_identity`, so a change that alters the weights bumps it."""
+
+_STAGE = re.compile(r"^(?P<task>[A-Za-z0-9_.:/-]+?)(?:=(?P<sel>[A-Za-z0-9_]+))?(?:@(?P<steps>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``+<task>[=<selector>][@<steps>]`` stage of a tiny model name."""
+
+    task: str
+    selector: str | None
+    steps: int
+
+    def __str__(self) -> str:
+        return self.task + (f"={self.selector}" if self.selector else "") + f"@{self.steps}"
+
+
+def split_name(location: str) -> tuple[str, list[Stage]]:
+    """``"llama-2x64+toy-sentiment=1@50"`` -> ``("llama-2x64", [Stage("toy-sentiment", "1", 50)])``."""
+    base, *parts = location.split("+")
+    stages = []
+    for part in parts:
+        m = _STAGE.match(part.strip())
+        if not m:
+            raise W2SError(f"bad corpus stage '+{part}' in tiny model '{location}'; write "
+                           "+<task>[=<label or chosen/rejected>][@<steps>], e.g. "
+                           "+toy-sentiment=1@100")
+        steps = int(m.group("steps")) if m.group("steps") else DEFAULT_STEPS
+        if steps < 1:
+            raise W2SError(f"corpus stage '+{part}' needs at least 1 step")
+        stages.append(Stage(m.group("task"), m.group("sel"), steps))
+    return base, stages
+
+
+def canonical(location: str) -> str:
+    """The name with every stage's steps written out (what caches and run records use)."""
+    base, stages = split_name(location)
+    return "+".join([base, *map(str, stages)])
+
+
+def load_tiny(location: str, *, seed: int = 0, head_labels: int | None = None, log=None):
+    """The tiny model at a resolved tiny ``location``, fp32 on the CPU, eval mode.
+
+    Without corpus stages: :func:`build_tiny` (random, seeded). With stages: the pretrained
+    ``save_pretrained`` folder that the registered builder makes once and caches
+    (:mod:`w2s.tiny.corpus`). ``head_labels``: a sequence-classification model with that many
+    outputs instead of a causal LM (its head is new: random, seeded).
+    """
+    base, stages = split_name(location)
+
+    def folder():
+        return pretrained_folder(f"tiny:{location}", log, needs="w2s.tiny")
+
+    if head_labels is None:
+        if not stages:
+            return build_tiny(base, seed=seed)
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder(), dtype=torch.float32).eval()
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tiny_seed(base, seed))
+        if not stages:
+            config = tiny_transformers_config(base)
+            config.num_labels = head_labels
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder(), num_labels=head_labels, dtype=torch.float32)
+    return model.eval()

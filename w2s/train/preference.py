@@ -42,10 +42,11 @@ from typing import Any
 
 import torch
 
-from w2s.errors import W2SError
+from w2s.errors import W2SError, did_you_mean
 from w2s.models.batching import pad_right, spans_mask
-from w2s.models.loading import pad_id
+from w2s.models.loading import format_chat, pad_id
 from w2s.models.logprobs import response_logprobs
+from w2s.train.loop import train
 from w2s.train.losses import dpo_loss, reward_model_loss, sft_loss, simpo_loss
 
 __all__ = ["Encoded", "encode", "collate", "collate_pairs", "sequence_logprobs_of",
@@ -79,8 +80,6 @@ def encode(tokenizer, prompt: str, response: str, *, max_len: int = 512, chat: b
     ``sep``: text put before the response in plain (untemplated) mode, e.g. ``" "`` after an
     Anthropic-HH ``"...Assistant:"`` prompt. Raises :class:`W2SError` for an empty response.
     """
-    from w2s.models.loading import format_chat
-
     if not response or not response.strip():
         raise W2SError("a response is empty; every preference row needs non-empty responses "
                        "(drop or fix that row)")
@@ -278,8 +277,6 @@ def train_sft(model, tokenizer, rows: Sequence[dict], config, *, max_len: int = 
     (EOS included unless ``eos=False``), prompt tokens unscored; ``truncation`` as in
     :func:`encode` (``"left"``: keep the last ``max_len`` tokens). Returns the loop's
     :class:`TrainResult`."""
-    from w2s.train import train
-
     examples = [encode(tokenizer, r["prompt"], r["response"], max_len=max_len, chat=chat,
                        sep=sep, eos=eos, truncation=truncation) for r in rows]
     pad = pad_id(tokenizer)
@@ -308,11 +305,7 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
     no reference. Logged metrics: ``reward_margin`` (the implicit reward of chosen minus
     rejected) and ``reward_accuracy`` (the fraction of pairs where it is positive).
     """
-    from w2s.train import train
-
     if objective not in OBJECTIVES:
-        from w2s.errors import did_you_mean
-
         raise W2SError(f"unknown preference objective '{objective}'"
                        f"{did_you_mean(objective, OBJECTIVES)}; use one of {list(OBJECTIVES)}")
     beta = (0.1 if objective == "dpo" else 2.0) if beta is None else beta
@@ -356,8 +349,6 @@ def train_reward_model(model, tokenizer, rows: Sequence[dict], config, *, max_le
     one-output :class:`w2s.models.Classifier` (``load_classifier(name, num_labels=1)``) scoring
     prompt + response at the last real token; loss :func:`~w2s.train.losses.reward_model_loss`.
     """
-    from w2s.train import train
-
     pad = pad_id(tokenizer)
     examples = encode_pairs(tokenizer, rows, max_len=max_len, chat=chat, sep=sep)
 

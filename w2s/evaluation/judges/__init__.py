@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from w2s.errors import W2SError, did_you_mean
+from w2s.evaluation.judges.api import ApiJudge
 from w2s.evaluation.judges.base import (
     PAIRWISE_TEMPLATE,
     PAIRWISE_TEMPLATE_VERSION,
@@ -32,7 +33,13 @@ from w2s.evaluation.judges.base import (
     pairwise_prompt,
     parse_verdict,
 )
-from w2s.evaluation.judges.rewards import REWARDS, register_reward
+from w2s.evaluation.judges.rewards import (
+    REWARDS,
+    ClassifierJudge,
+    FunctionRewardJudge,
+    RewardModelJudge,
+    register_reward,
+)
 
 JUDGE_FORMS = ("vader", "reward:NAME", "rm:MODEL", "cls:MODEL:LABEL", "llm:MODEL",
                "api:URL[#MODEL]")
@@ -90,27 +97,17 @@ def build_judge(spec: str | Judge, **options: Any) -> Judge:
     kind, fields = parse_judge(spec)
     pick = lambda names: {k: options[k] for k in names if options.get(k) is not None}  # noqa: E731
     if kind == "vader":
-        from w2s.evaluation.judges.rewards import FunctionRewardJudge
-
         return FunctionRewardJudge(spec, "vader")
     if kind == "reward":
-        from w2s.evaluation.judges.rewards import FunctionRewardJudge
-
         return FunctionRewardJudge(spec, fields["name"])
     if kind == "rm":
-        from w2s.evaluation.judges.rewards import RewardModelJudge
-
         return RewardModelJudge(spec, fields["model"], **pick(MODEL_OPTIONS))
     if kind == "cls":
-        from w2s.evaluation.judges.rewards import ClassifierJudge
-
         return ClassifierJudge(spec, fields["model"], fields["label"], **pick(MODEL_OPTIONS))
     if kind == "llm":
         from w2s.evaluation.judges.llm import LocalLMJudge
 
         return LocalLMJudge(spec, fields["model"], **pick(MODEL_OPTIONS))
-    from w2s.evaluation.judges.api import ApiJudge
-
     return ApiJudge(spec, fields["url"], fields["model"], **pick(API_OPTIONS))
 
 

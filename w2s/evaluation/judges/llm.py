@@ -24,6 +24,7 @@ from w2s.evaluation.judges.base import (
     PairwiseJudge,
     pairwise_prompt,
 )
+from w2s.models import format_chat, load_causal_lm, response_logprobs
 
 
 class LocalLMJudge(PairwiseJudge):
@@ -32,8 +33,6 @@ class LocalLMJudge(PairwiseJudge):
     def __init__(self, spec: str, model: str, *, batch_size: int = 8, device: str = "auto",
                  dtype: str = "auto", seed: int = 0):
         super().__init__(spec)
-        from w2s.models import load_causal_lm
-
         self.model_name = model
         self.batch_size = max(1, batch_size)
         self.model, self.tokenizer = load_causal_lm(model, device=device, dtype=dtype, seed=seed)
@@ -54,8 +53,6 @@ class LocalLMJudge(PairwiseJudge):
 
     def _encode(self, prompt_text: str, verdict: str) -> tuple[list[int], int]:
         """Token ids of prompt + verdict, and how many belong to the prompt."""
-        from w2s.models import format_chat
-
         templated = bool(getattr(self.tokenizer, "chat_template", None))
         prefix = format_chat(self.tokenizer, prompt_text)
 
@@ -67,8 +64,6 @@ class LocalLMJudge(PairwiseJudge):
     @torch.no_grad()
     def margins(self, items: list[tuple[str, str, str]]) -> list[float]:
         """``log p("1") - log p("2")`` for each ``(instruction, first, second)``."""
-        from w2s.models import response_logprobs
-
         rows = []  # (ids, n_prompt) for verdict "1" then "2" of every item
         for i, (instruction, first, second) in enumerate(items):
             text = pairwise_prompt(instruction, first, second)

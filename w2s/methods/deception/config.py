@@ -5,18 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w2s.config import (
-    Lora,
-    Runtime,
-    Sweep,
-    comma_list,
-    config_class,
-    option,
-    section,
-    stage_train,
-    validate,
-)
+from w2s.config import comma_list, config_class, option, section, validate
 from w2s.errors import W2SError
+from w2s.methods.sections import Lora, Runtime, Sweep, stage_train
 
 OBJECTIVES = ("reward", "dpo", "simpo")
 CONFLICTS = ("none", "implicit", "explicit")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
 from w2s.evaluation.deception import (
     CONFLICT_PREFIX,

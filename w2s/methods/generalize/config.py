@@ -5,19 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from w2s.config import (
-    Lora,
-    Runtime,
-    Sweep,
-    comma_list,
-    config_class,
-    option,
-    section,
-    stage_train,
-    validate,
-)
+from w2s.config import comma_list, config_class, option, section, validate
 from w2s.data.tinyworld import WorldConfig
 from w2s.errors import W2SError
+from w2s.methods.sections import Lora, Runtime, Sweep, stage_train
 
 LOSSES = ("xent", "logconf", "product")
 MODES = ("full", "lora", "probe")

@@ -31,6 +31,7 @@ from w2s.methods.generalize.config import (
     sweep_jobs,
 )
 from w2s.runs import Cache, content_hash
+from w2s.tiny import pretrained_tiny  # w2s.tiny also registers tiny:...+<stage> names
 from w2s.train.losses import logconf_losses, product_losses, xent_losses
 
 PROBE_LR = 1e-3
@@ -196,8 +197,6 @@ class Experiment:
             return self._sources[name]
         src = name
         if self.cfg.task == "tinyworld" and name.startswith("tiny:"):
-            from w2s.data.tinyworld import pretrained_tiny
-
             src = str(pretrained_tiny(name, self.cfg.world, log=self.log))
         if self.cfg.gen_finetune:
             src = self._gen_finetuned(src)

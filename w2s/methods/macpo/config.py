@@ -5,20 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w2s.config import (
-    Judging,
-    Lora,
-    Runtime,
-    Sampling,
-    comma_list,
-    config_class,
-    derive,
-    option,
-    section,
-    stage_train,
-    validate,
-)
+from w2s.config import comma_list, config_class, derive, option, section, validate
 from w2s.errors import W2SError
+from w2s.methods.sections import Judging, Lora, Runtime, Sampling, stage_train
 
 FILTER_RULES = ("lowest", "lowest-global", "threshold", "none")
 """How the perplexity filter picks the chosen answers among a learner's candidates (see

@@ -62,6 +62,7 @@ from typing import Any
 
 import torch
 
+import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
 from w2s.methods.macpo import SPEC
 from w2s.methods.macpo.config import MACPOConfig, check_config, sampling, train_config

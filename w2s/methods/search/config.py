@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from w2s.config import Judging, Runtime, Sampling, config_class, derive, option, section
+from w2s.config import config_class, derive, option, section
 from w2s.errors import W2SError
+from w2s.methods.sections import Judging, Runtime, Sampling
 
 DECODERS = ("cbs", "bon", "sample", "eft")
 HEADLINE_ORDER = ("cbs", "bon", "eft", "sample")

@@ -26,6 +26,7 @@ from w2s.methods.search.config import (
 
 def run(cfg: SearchConfig) -> dict:
     """Decode the prompts with every decoder, judge them, write the run; returns metrics.json."""
+    import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
     from w2s.runs import Run
     from w2s.seeding import seed_everything
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from w2s.config import (
-    Judging,
-    Lora,
-    Runtime,
-    Sampling,
-    config_class,
-    derive,
-    option,
-    section,
-    stage_train,
-)
+from w2s.config import config_class, derive, option, section
 from w2s.config import validate as validate_config
 from w2s.errors import W2SError
+from w2s.methods.sections import Judging, Lora, Runtime, Sampling, stage_train
 
 GRANULARITIES = ("token", "sequence")
 MODES = ("lora", "full")

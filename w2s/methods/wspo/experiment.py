@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
 from w2s.methods.wspo import SPEC
 from w2s.methods.wspo.config import (

@@ -19,73 +19,51 @@ A stage is ``<task>[=<selector>][@<steps>]``:
   prompt and reference the same way.
 - ``selector``: for classification a label (``=1`` keeps the positive rows), for preference
   ``chosen`` or ``rejected``.
-- ``steps``: optimizer steps of that stage (default :data:`DEFAULT_STEPS`), batch 32, lr 3e-3
-  (cosine, 5% warm-up), sequences cut at 256 tokens, seed 0.
+- ``steps``: optimizer steps of that stage (default :data:`~w2s.models.tiny.DEFAULT_STEPS`),
+  batch 32, lr 3e-3 (cosine, 5% warm-up), sequences cut at 256 tokens, seed 0.
 
 Each stage continues from the previous one and is cached on its own (:class:`w2s.runs.Cache`,
 keyed by the whole name up to that stage, a hash of every stage's text and the settings), so
 ``+a+b`` reuses ``+a``, and a corpus whose rows change gives a new model, never a stale one.
 The result is a ``save_pretrained`` folder with the shared tiny tokenizer: every tiny model still shares one
 vocabulary, so token-level methods (WSPO, EFT) work between any two of them.
+
+How a stage is WRITTEN (:class:`~w2s.models.tiny.Stage`, :func:`~w2s.models.tiny.split_name`,
+:func:`~w2s.models.tiny.canonical`) is the model layer's: resolving a name trains nothing. How it
+is TRAINED is here, above the training loop. The model layer loads such a name through its table
+of builders (:mod:`w2s.models.builders`); importing this module registers :func:`build` there.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
-from w2s.errors import W2SError
+import torch
+from transformers import AutoModelForCausalLM
 
-DEFAULT_STEPS = 300
+from w2s.data import load_task
+from w2s.errors import W2SError
+from w2s.models.builders import register_builder
+from w2s.models.loading import format_chat
+from w2s.models.tiny import CORPUS_VERSION, Stage, build_tiny, split_name, tiny_tokenizer
+from w2s.runs import Cache, content_hash
+from w2s.train import TrainConfig, lm_loss, train
+from w2s.train.loop import process_precision
+
 STAGE_BATCH = 32
 STAGE_LR = 3e-3
 MAX_TOKENS = 256
-VERSION = 1
+VERSION = CORPUS_VERSION
+"""Part of every stage's cache key; the model layer keeps it (:data:`w2s.models.tiny.CORPUS_VERSION`)
+because :func:`w2s.models.resolve.model_identity` names it too."""
 
-_STAGE = re.compile(r"^(?P<task>[A-Za-z0-9_.:/-]+?)(?:=(?P<sel>[A-Za-z0-9_]+))?(?:@(?P<steps>\d+))?$")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One ``+<task>[=<selector>][@<steps>]`` stage of a tiny model name."""
-
-    task: str
-    selector: str | None
-    steps: int
-
-    def __str__(self) -> str:
-        return self.task + (f"={self.selector}" if self.selector else "") + f"@{self.steps}"
-
-
-def split_name(location: str) -> tuple[str, list[Stage]]:
-    """``"llama-2x64+toy-sentiment=1@50"`` -> ``("llama-2x64", [Stage("toy-sentiment", "1", 50)])``."""
-    base, *parts = location.split("+")
-    stages = []
-    for part in parts:
-        m = _STAGE.match(part.strip())
-        if not m:
-            raise W2SError(f"bad corpus stage '+{part}' in tiny model '{location}'; write "
-                           "+<task>[=<label or chosen/rejected>][@<steps>], e.g. "
-                           "+toy-sentiment=1@100")
-        steps = int(m.group("steps")) if m.group("steps") else DEFAULT_STEPS
-        if steps < 1:
-            raise W2SError(f"corpus stage '+{part}' needs at least 1 step")
-        stages.append(Stage(m.group("task"), m.group("sel"), steps))
-    return base, stages
-
-
-def canonical(location: str) -> str:
-    """The name with every stage's steps written out (what caches and run records use)."""
-    base, stages = split_name(location)
-    return "+".join([base, *map(str, stages)])
+PATTERN = r"^tiny:[^+]+\+"
+"""The names this module builds: a tiny model with at least one corpus stage."""
 
 
 def stage_texts(stage: Stage, tokenizer) -> list[str]:
     """The training texts of one stage (see the module docstring for what each kind gives)."""
-    from w2s.data import load_task
-    from w2s.models.loading import format_chat
-
     data = load_task(stage.task, split="train")
     eos = tokenizer.eos_token
     sel = stage.selector
@@ -120,10 +98,6 @@ def pretrained_path(location: str, log=None) -> Path:
     base, stages = split_name(location)
     if not stages:
         raise ValueError(f"{location} has no corpus stage")
-    from w2s.models.tiny import tiny_tokenizer
-    from w2s.runs import Cache, content_hash
-    from w2s.train.loop import process_precision
-
     cache = Cache()
     tok = tiny_tokenizer()
     done = [base]
@@ -149,21 +123,12 @@ def pretrained_path(location: str, log=None) -> Path:
 
 def _train_stage(cache, key: str, base: str, previous: Path | None, stage: Stage,
                  texts: list[str], precision: str, log) -> Path:
-    import shutil
-
-    import torch
-
-    from w2s.models.tiny import build_tiny, tiny_tokenizer
-    from w2s.train import TrainConfig, lm_loss, train
-
     tok = tiny_tokenizer()
     examples = [tok(t, add_special_tokens=False, truncation=True, max_length=MAX_TOKENS).input_ids
                 for t in texts]
     if previous is None:
         model = build_tiny(base, seed=0)
     else:
-        from transformers import AutoModelForCausalLM
-
         model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
 
     def collate(items):
@@ -196,34 +161,9 @@ def _train_stage(cache, key: str, base: str, previous: Path | None, stage: Stage
     return cache.get(key)
 
 
-def load_tiny(location: str, *, seed: int = 0, head_labels: int | None = None, log=None):
-    """The tiny model at a resolved tiny ``location``, fp32 on the CPU, eval mode.
+def build(name: str, log=None) -> Path:
+    """The builder :mod:`w2s.models.builders` calls for ``tiny:<location>`` names with stages."""
+    return pretrained_path(name.removeprefix("tiny:"), log)
 
-    Without corpus stages: :func:`w2s.models.tiny.build_tiny` (random, seeded). With stages: the
-    cached pretrained folder (built on first use). ``head_labels``: a sequence-classification
-    model with that many outputs instead of a causal LM (its head is new: random, seeded).
-    """
-    import torch
 
-    from w2s.models.tiny import build_tiny, tiny_seed, tiny_transformers_config
-
-    base, stages = split_name(location)
-    if head_labels is None:
-        if not stages:
-            return build_tiny(base, seed=seed)
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(pretrained_path(location, log),
-                                                    dtype=torch.float32).eval()
-    from transformers import AutoModelForSequenceClassification
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tiny_seed(base, seed))
-        if not stages:
-            config = tiny_transformers_config(base)
-            config.num_labels = head_labels
-            model = AutoModelForSequenceClassification.from_config(config)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                pretrained_path(location, log), num_labels=head_labels, dtype=torch.float32)
-    return model.eval()
+register_builder(PATTERN, build, provider=__name__)

@@ -1,12 +1,17 @@
-"""Tiny models pretrained on a project corpus: names, errors, caching, and that training happened."""
+"""Tiny models pretrained on a project corpus: names, errors, caching, and that training happened.
+
+Importing :mod:`w2s.tiny.corpus` (here, at the top) registers the builder the model layer loads
+``tiny:...+<stage>`` names with; one test takes it away again to see the error.
+"""
 
 import pytest
 import torch
 
 from w2s.errors import W2SError
-from w2s.models import load_causal_lm, load_reward_model, resolve_model, tiny_tokenizer
-from w2s.models.corpus import Stage, canonical, split_name, stage_texts
+from w2s.models import builders, load_causal_lm, load_reward_model, resolve_model, tiny_tokenizer
+from w2s.models.tiny import Stage, canonical, split_name
 from w2s.runs import Cache
+from w2s.tiny.corpus import stage_texts
 
 
 def test_names_resolve_to_canonical_locations():
@@ -27,6 +32,16 @@ def test_names_resolve_to_canonical_locations():
 def test_bad_stage_names_are_one_line_errors(name, needle):
     with pytest.raises(W2SError, match=needle):
         resolve_model(name)
+
+
+def test_without_a_registered_builder_a_stage_name_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(builders, "BUILDERS", [])
+    assert resolve_model("tiny:llama-1x32+toy-sentiment@2").location  # naming needs no builder
+    load_causal_lm("tiny:llama-1x32")  # nor does a random tiny model
+    with pytest.raises(W2SError, match=r"^model 'tiny:llama-1x32\+toy-sentiment@2' must be "
+                       r"trained before use.*import w2s.tiny first") as err:
+        load_causal_lm("tiny:llama-1x32+toy-sentiment@2")
+    assert "\n" not in str(err.value)
 
 
 def test_stage_texts_follow_the_selector():
@@ -95,7 +110,7 @@ def test_corpus_stages_train_under_a_mixed_precision_run(tmp_path):
 
     script = """
 import json
-from w2s.models.corpus import pretrained_path
+from w2s.tiny.corpus import pretrained_path
 from w2s.train import TrainConfig, make_accelerator
 make_accelerator(TrainConfig(mixed_precision="bf16"))
 print(json.dumps(str(pretrained_path("llama-1x32+toy-sentiment@2"))))
@@ -109,3 +124,75 @@ print(json.dumps(str(pretrained_path("llama-1x32+toy-sentiment@2"))))
         assert done.returncode == 0, done.stderr[-2000:]
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert runs[0] != runs[1]  # bf16 and fp32 stages cached apart
+
+
+def test_cache_keys_of_pretrained_tiny_models_stay_the_same(cache_dir):
+    """Users' caches hold these models under these keys: a new key pretrains every tiny model
+    again. (The corpus key also hashes the task's text, so a changed task changes it, rightly.)"""
+    from w2s.data.tinyworld import WorldConfig
+    from w2s.models.resolve import model_identity
+    from w2s.tiny import pretrained_path, pretrained_tiny
+
+    world = WorldConfig(entities=40, pretrain_steps=2, pretrain_batch=8)
+    assert pretrained_tiny("tiny:llama-1x32", world).name == \
+        "tinyworld-pretrain-llama-1x32-59b83de013d366ca8a8c"
+    assert pretrained_path("llama-1x32+toy-sentiment@2").name == \
+        "tiny-llama-1x32_toy-sentiment_2-7e39c363aee1a0afab2e"
+    assert model_identity(resolve_model("tiny:llama-1x32+toy-sentiment@2")) == {
+        "source": "tiny", "location": "llama-1x32+toy-sentiment@2", "corpus_version": 1}
+
+
+REGISTERS = """
+import importlib
+import sys
+
+from w2s.config import build_config
+from w2s.errors import W2SError
+from w2s.models import builders
+
+NAME = "tiny:llama-1x32+toy-sentiment@2"
+
+
+def forget_w2s_tiny():
+    builders.BUILDERS.clear()
+    for m in [m for m in sys.modules if m == "w2s.tiny" or m.startswith("w2s.tiny.")]:
+        del sys.modules[m]
+
+
+seen = {"nothing": builders.find_builder(NAME) is not None}
+for core in ("deception_core", "generalize_core", "macpo_core", "wspo_core"):
+    forget_w2s_tiny()
+    importlib.import_module(f"w2s.methods.{core}")
+    seen[core] = builders.find_builder(NAME) is not None
+forget_w2s_tiny()
+from w2s.methods import search
+
+try:  # run() registers first; the unknown task then stops it before any work
+    search.run(build_config(search.CONFIG, None, {"task": "no-such-task"}))
+except W2SError:
+    pass
+seen["search.run"] = builders.find_builder(NAME) is not None
+print(seen)
+"""
+
+
+@pytest.mark.slow
+def test_every_entry_point_registers_the_builder(tmp_path):
+    """In fresh processes (this one has w2s.tiny imported): each method's core, search's run(),
+    and a CLI command under `python -m w2s` load tiny:...+<stage> names."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "W2S_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", REGISTERS], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(
+        {"nothing": False, "deception_core": True, "generalize_core": True, "macpo_core": True,
+         "wspo_core": True, "search.run": True})
+    cli = subprocess.run([sys.executable, "-m", "w2s", "models", "--check",
+                          "tiny:llama-1x32+toy-sentiment@2", "--json"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert '"prefers_true"' in cli.stdout
