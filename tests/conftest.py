@@ -22,7 +22,18 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~20 s (still run by `make test`)")
+    config.addinivalue_line("markers", "slow: takes more than ~20 s (still run by `make test`; "
+                            "`make test-quick` leaves them out)")
+
+
+LAUNCHING = {"test_distributed_methods.py", "test_train_sharded.py", "test_train_distributed.py"}
+"""Test files that start several processes (torchrun, two CPU ranks): slow by nature."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in LAUNCHING:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
