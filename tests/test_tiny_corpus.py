@@ -160,15 +160,16 @@ def forget_w2s_tiny():
 
 
 seen = {"nothing": builders.find_builder(NAME) is not None}
-for core in ("deception_core", "generalize_core", "macpo_core", "wspo_core"):
+for method in ("deception", "generalize", "macpo", "wspo"):
     forget_w2s_tiny()
-    importlib.import_module(f"w2s.methods.{core}")
-    seen[core] = builders.find_builder(NAME) is not None
+    importlib.import_module(f"w2s.methods.{method}.experiment")
+    seen[method] = builders.find_builder(NAME) is not None
 forget_w2s_tiny()
-from w2s.methods import search
+from w2s.methods import METHODS
 
+search = METHODS["search"]
 try:  # run() registers first; the unknown task then stops it before any work
-    search.run(build_config(search.CONFIG, None, {"task": "no-such-task"}))
+    search.run(build_config(search.config, None, {"task": "no-such-task"}))
 except W2SError:
     pass
 seen["search.run"] = builders.find_builder(NAME) is not None
@@ -178,7 +179,7 @@ print(seen)
 
 @pytest.mark.slow
 def test_every_entry_point_registers_the_builder(tmp_path):
-    """In fresh processes (this one has w2s.tiny imported): each method's core, search's run(),
+    """In fresh processes (this one has w2s.tiny imported): each method's experiment module, search's run(),
     and a CLI command under `python -m w2s` load tiny:...+<stage> names."""
     import os
     import subprocess
@@ -189,8 +190,8 @@ def test_every_entry_point_registers_the_builder(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(
-        {"nothing": False, "deception_core": True, "generalize_core": True, "macpo_core": True,
-         "wspo_core": True, "search.run": True})
+        {"nothing": False, "deception": True, "generalize": True, "macpo": True,
+         "wspo": True, "search.run": True})
     cli = subprocess.run([sys.executable, "-m", "w2s", "models", "--check",
                           "tiny:llama-1x32+toy-sentiment@2", "--json"], env=env,
                          capture_output=True, text=True, timeout=300)
