@@ -480,10 +480,11 @@ def test_shared_constants_match_the_modules_they_mirror():
     from w2s.methods.macpo.config import BACKENDS
     from w2s.methods.sections import LAUNCHERS, OPTIMIZERS, PRECISIONS, SCHEDULERS
     from w2s.models.generate import BACKENDS as backends
-    from w2s.train import loop
+    from w2s.train import config as train_config
 
-    assert (OPTIMIZERS, SCHEDULERS, PRECISIONS) == (loop.OPTIMIZERS, loop.SCHEDULERS,
-                                                    loop.PRECISIONS)
+    assert (OPTIMIZERS, SCHEDULERS, PRECISIONS) == (train_config.OPTIMIZERS,
+                                                    train_config.SCHEDULERS,
+                                                    train_config.PRECISIONS)
     assert LAUNCHERS == launchers and BACKENDS == backends
 
 

@@ -22,19 +22,19 @@ pytestmark = needs_torchrun
 SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
-    import w2s.train.loop as loop
+    import w2s.train.checkpoint as checkpoint
     from w2s.train import TrainConfig, lm_loss, make_accelerator, train
 
     out = sys.argv[1]
     rank = int(os.environ.get("RANK", "0"))
 
     # record which process writes checkpoints
-    save = loop._save_checkpoint
+    save = checkpoint.save_checkpoint
     def recording_save(*args, **kwargs):
         with open(os.path.join(out, f"saved-by-rank{rank}"), "a") as f:
             f.write("x")
         return save(*args, **kwargs)
-    loop._save_checkpoint = recording_save
+    checkpoint.save_checkpoint = recording_save
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(64, 32), torch.nn.Linear(32, 32),

@@ -301,7 +301,7 @@ def test_config_errors_are_user_errors():
 def test_accelerator_that_would_train_differently_is_refused(monkeypatch):
     from types import SimpleNamespace
 
-    from w2s.train.loop import _check_accelerator
+    from w2s.train.launch import check_accelerator as _check_accelerator
 
     alone = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1, mixed_precision="no")
     _check_accelerator(alone, cfg())
@@ -392,6 +392,51 @@ def test_dict_output_metrics_are_averaged_over_the_step():
 
 # --------------------------------------------------------------------------------------------
 # frozen parameters and checkpoints
+
+
+def test_loss_fn_with_a_third_argument_gets_the_step(tmp_path):
+    """20 examples, batch 8, micro 4, 2 epochs: 6 steps of 2 (the last of an epoch: 1) micro-
+    batches. A loss with a third parameter is told the step; a resumed training goes on
+    counting from the checkpoint's step."""
+    seen = []
+
+    def loss_fn(model, batch, step):
+        seen.append((step.index, step.total, step.micro, step.micro_batches))
+        return mse(model, batch)
+
+    config = cfg(epochs=2, micro_batch_size=4, checkpoint_every=2)
+    with pytest.raises(Stop):
+        train(mlp(), regression_data(20), loss_fn=loss_fn, collate=collate, config=config,
+              checkpoint_dir=tmp_path, progress=False, log=stop_at(3))
+    # one call per micro-batch: (step, total, micro, micro-batches of the step)
+    assert seen == [(0, 6, 0, 2), (0, 6, 1, 2), (1, 6, 0, 2), (1, 6, 1, 2), (2, 6, 0, 1)]
+    seen.clear()
+    train(mlp(), regression_data(20), loss_fn=loss_fn, collate=collate, config=config,
+          checkpoint_dir=tmp_path, progress=False)
+    assert [s[0] for s in seen] == [2, 3, 3, 4, 4, 5]  # resumed at the checkpoint of step 2
+
+
+def test_training_counts_its_tokens_into_the_compute_stage():
+    from w2s import compute
+
+    def padded(items):  # 8 tokens per example, the last 2 of them padding
+        batch = lm_collate(items)
+        batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+        batch["attention_mask"][:, -2:] = 0
+        return batch
+
+    config = TrainConfig(lr=1e-3, batch_size=4, micro_batch_size=2, max_steps=3)
+    compute.reset()
+    with compute.stage("fit"):
+        train(tiny_llama(), copy_task(), loss_fn=causal_lm_loss, collate=padded, config=config,
+              progress=False)
+        with compute.stage("plain ids"):  # no attention mask: every token id counts
+            train(tiny_llama(), copy_task(), loss_fn=causal_lm_loss, collate=lm_collate,
+                  config=config, progress=False)
+    stages = compute.record()["stages"]
+    # 3 steps x 4 examples x 6 real tokens, forward and backward
+    assert stages["fit"]["forward_tokens"] == stages["fit"]["backward_tokens"] == 72
+    assert stages["plain ids"]["forward_tokens"] == 3 * 4 * 8
 
 
 def test_frozen_parameters_stay_frozen_and_are_not_checkpointed(tmp_path):

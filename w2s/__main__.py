@@ -13,7 +13,7 @@ if __name__ == "__main__":
             print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if "torch.distributed" in sys.modules:  # a launch may have set up a process group
-        from w2s.train.loop import end_launch
+        from w2s.train.launch import end_launch
 
         end_launch(code)  # leaves the process group and skips interpreter shutdown
     sys.exit(code)

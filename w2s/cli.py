@@ -99,7 +99,7 @@ def config_command(target: typer.Typer, name: str, config_cls: type,
             if value is not None:
                 overrides[leaf.key] = value
         cfg = build_config(config_cls, recipe, overrides)
-        from w2s.train.loop import refuse_unsupported_launch
+        from w2s.train.launch import refuse_unsupported_launch
 
         refuse_unsupported_launch()  # e.g. DeepSpeed, FSDP1: refused before any work
         register_model_builders()

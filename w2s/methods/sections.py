@@ -20,7 +20,7 @@ from w2s.config import derive, option
 # --------------------------------------------------------------------------------------------
 # training sections
 
-OPTIMIZERS = ("adamw", "adam", "sgd")        # w2s.train.loop's, kept torch-free here (a test
+OPTIMIZERS = ("adamw", "adam", "sgd")        # w2s.train.config's, copied: importing it loads torch (a test
 SCHEDULERS = ("cosine", "linear", "constant")  # compares them)
 PRECISIONS = ("no", "bf16", "fp16")
 

@@ -911,7 +911,7 @@ def base_parameters(model) -> int:
 
 def _train(config) -> dict:
     """A TrainConfig as stage settings, without what does not change the result."""
-    from w2s.train.loop import RESUME_FREE
+    from w2s.train.config import RESUME_FREE
 
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUME_FREE}
 
