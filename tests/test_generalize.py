@@ -263,16 +263,26 @@ def test_generative_finetuning_runs_before_classification(tmp_path, cache_dir):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
 
 
-def test_step_clock_follows_the_loops_micro_batches(tmp_path):
-    from w2s.methods.generalize.experiment import _StepClock
-    from w2s.train import TrainConfig
+def test_logconf_sees_the_loops_optimizer_step(tmp_path):
+    """logconf's warm-up reads the step the loop passes to the loss (no clock of its own)."""
+    import torch
+
+    from w2s.train import TrainConfig, train
 
     # 10 examples, batch 8 in micro-batches of 4: step 0 has 8 examples (2 calls), step 1 the
     # last 2 (1 call); two epochs -> steps 0..3
-    clock = _StepClock(TrainConfig(batch_size=8, micro_batch_size=4, epochs=2), 10, 1,
-                       tmp_path / "none")
-    assert clock.total == 4
-    assert [clock.tick() for _ in range(6)] == [0, 0, 1, 2, 2, 3]
+    seen = []
+
+    def loss_fn(model, batch, step):
+        seen.append((step.index, step.total))
+        return (model(batch) ** 2).mean(-1)
+
+    torch.manual_seed(0)
+    train(torch.nn.Linear(2, 2), [torch.randn(2) for _ in range(10)], loss_fn=loss_fn,
+          collate=torch.stack, config=TrainConfig(batch_size=8, micro_batch_size=4, epochs=2),
+          progress=False)
+    assert {total for _, total in seen} == {4}
+    assert [index for index, _ in seen] == [0, 0, 1, 2, 2, 3]
 
 
 def test_tinyworld_task_keeps_entities_apart():

@@ -603,11 +603,11 @@ class Stage:
 
 
 @contextlib.contextmanager
-def cached_stage(cache: Cache, kind: str, *, name: str | None = None,
+def cached_stage(cache: Cache, kind: str, label: str | None = None, /,
                  **parts: Any) -> Iterator[Stage]:
     """The cache protocol of one expensive step, for every method and on every process::
 
-        with cached_stage(cache, "generalize-weak-xent", name="weak", model=..., data=...) as st:
+        with cached_stage(cache, "generalize-weak-xent", "weak", model=..., data=...) as st:
             if not st.done:
                 model = train(..., checkpoint_dir=st.progress)      # resumes if interrupted
                 st.publish(lambda folder: save(model, folder), meta={"model": ...})
@@ -617,13 +617,13 @@ def cached_stage(cache: Cache, kind: str, *, name: str | None = None,
     - independent processes sharing the cache (a sweep's jobs, two runs at once) build an entry
       once: the first holds the key's lock while it builds, the others wait and then find it;
       the ranks of one launch build together and publish from rank 0 (:meth:`Stage.publish`);
-    - the block's work is counted as the compute stage ``name`` (default ``kind``), marked
+    - the block's work is counted as the compute stage ``label`` (default ``kind``), marked
       cached when the entry was found (:mod:`w2s.compute`);
     - a failure inside the block publishes nothing: the in-progress checkpoints stay for the
       rerun, and the cache holds no half-written entry.
     """
     key = cache.key(kind, **parts)
-    with compute.stage(name or kind), cache.claim(key):
+    with compute.stage(label or kind), cache.claim(key):
         stage = Stage(cache, key)
         if stage.done:
             compute.mark_cached()

@@ -36,7 +36,6 @@ of builders (:mod:`w2s.models.builders`); importing this module registers :func:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -47,9 +46,9 @@ from w2s.errors import W2SError
 from w2s.models.builders import register_builder
 from w2s.models.loading import format_chat
 from w2s.models.tiny import CORPUS_VERSION, Stage, build_tiny, split_name, tiny_tokenizer
-from w2s.runs import Cache, content_hash
+from w2s.runs import Cache, cached_stage, content_hash
 from w2s.train import TrainConfig, lm_loss, train
-from w2s.train.loop import process_precision
+from w2s.train.launch import process_precision
 
 STAGE_BATCH = 32
 STAGE_LR = 3e-3
@@ -111,18 +110,19 @@ def pretrained_path(location: str, log=None) -> Path:
         # (a new version of a task) gives a new model, never a stale one
         texts_seen.append(content_hash(texts))
         precision = process_precision()  # one accelerate precision per process: the caller's
-        key = cache.key(f"tiny-{name}", name=name, texts=texts_seen, batch=STAGE_BATCH,
-                        lr=STAGE_LR, max_tokens=MAX_TOKENS, version=VERSION,
-                        **({"mixed_precision": precision} if precision != "no" else {}))
-        with cache.claim(key) as found:
-            if found is None:
-                found = _train_stage(cache, key, base, previous, stage, texts, precision, log)
-        previous = found
+        with cached_stage(cache, f"tiny-{name}", "pretrain", name=name,
+                          texts=texts_seen, batch=STAGE_BATCH, lr=STAGE_LR,
+                          max_tokens=MAX_TOKENS, version=VERSION,
+                          **({"mixed_precision": precision} if precision != "no" else {})) as st:
+            if not st.done:
+                _train_stage(st, base, previous, stage, texts, precision, log)
+        previous = st.path
     return previous
 
 
-def _train_stage(cache, key: str, base: str, previous: Path | None, stage: Stage,
-                 texts: list[str], precision: str, log) -> Path:
+def _train_stage(st, base: str, previous: Path | None, stage: Stage, texts: list[str],
+                 precision: str, log) -> Path:
+    """Train one corpus stage from ``previous`` (or a fresh ``base``) and publish it as ``st``."""
     tok = tiny_tokenizer()
     examples = [tok(t, add_special_tokens=False, truncation=True, max_length=MAX_TOKENS).input_ids
                 for t in texts]
@@ -147,18 +147,18 @@ def _train_stage(cache, key: str, base: str, previous: Path | None, stage: Stage
     config = TrainConfig(lr=STAGE_LR, batch_size=STAGE_BATCH, micro_batch_size=None,
                          max_steps=stage.steps, scheduler="cosine", warmup_ratio=0.05, seed=0,
                          checkpoint_every=100, mixed_precision=precision)
-    progress = cache.root / "inprogress" / key
     result = train(model, examples, loss_fn=loss_fn, collate=collate, config=config,
-                   checkpoint_dir=progress, description=f"tiny {base} +{stage}")
+                   checkpoint_dir=st.progress, description=f"tiny {base} +{stage}")
     if log is not None:
         log({"stage": "tiny-pretrain", "model": base, "corpus": str(stage), "steps": result.steps,
              "final_loss": result.final_loss, "elapsed_s": round(result.elapsed_s, 2)})
     model.config.pad_token_id = tok.pad_token_id
-    with cache.put_once(key, meta={"base": base, "stage": str(stage)}) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    shutil.rmtree(progress, ignore_errors=True)
-    return cache.get(key)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    return st.publish(save, meta={"base": base, "stage": str(stage)})
 
 
 def build(name: str, log=None) -> Path:

@@ -17,16 +17,15 @@ layer loads it like any local checkpoint::
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import torch
 
 from w2s.data.tinyworld import WorldConfig, corpus
 from w2s.models.tiny import build_tiny, parse_tiny, tiny_tokenizer
-from w2s.runs import Cache
+from w2s.runs import Cache, cached_stage
 from w2s.train import TrainConfig, lm_loss, train
-from w2s.train.loop import process_precision
+from w2s.train.launch import process_precision
 
 
 def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
@@ -40,11 +39,11 @@ def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
     spec = str(parse_tiny(name))
     # a process trains in ONE precision: pretrain in the run's (bf16 runs: bf16), keyed by it
     precision = process_precision()
-    key = cache.key(f"tinyworld-pretrain-{spec}", model=spec, world=dataclasses.asdict(world),
-                    version=1, **({"mixed_precision": precision} if precision != "no" else {}))
-    with cache.claim(key) as found:
-        if found is not None:
-            return found
+    with cached_stage(cache, f"tinyworld-pretrain-{spec}", "pretrain",
+                      model=spec, world=dataclasses.asdict(world), version=1,
+                      **({"mixed_precision": precision} if precision != "no" else {})) as st:
+        if st.done:
+            return st.path
         tok = tiny_tokenizer()
         examples = []
         for row in corpus(world):
@@ -69,14 +68,15 @@ def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
                              micro_batch_size=None, max_steps=world.pretrain_steps,
                              scheduler="cosine", warmup_ratio=0.05, seed=world.world_seed,
                              checkpoint_every=100, mixed_precision=precision)
-        progress = cache.root / "inprogress" / key
         result = train(model, examples, loss_fn=loss_fn, collate=collate, config=config,
-                       checkpoint_dir=progress, description=f"pretrain {spec} on tinyworld")
+                       checkpoint_dir=st.progress, description=f"pretrain {spec} on tinyworld")
         if log is not None:
             log({"stage": "pretrain", "model": name, "steps": result.steps,
                  "final_loss": result.final_loss, "elapsed_s": result.elapsed_s})
-        with cache.put_once(key, meta={"model": spec, "world": dataclasses.asdict(world)}) as tmp:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-        shutil.rmtree(progress, ignore_errors=True)
-        return cache.get(key)
+        return st.publish(lambda folder: _save(model, tok, folder),
+                          meta={"model": spec, "world": dataclasses.asdict(world)})
+
+
+def _save(model, tok, folder: Path) -> None:
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)

@@ -11,7 +11,6 @@ optional generative fine-tuning). torch is imported here, never by the CLI.
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import statistics
 import warnings
@@ -30,7 +29,7 @@ from w2s.methods.generalize.config import (
     stage_train_config,
     sweep_jobs,
 )
-from w2s.runs import Cache, content_hash
+from w2s.runs import Cache, cached_stage, content_hash, write_json
 from w2s.tiny import pretrained_tiny  # w2s.tiny also registers tiny:...+<stage> names
 from w2s.train.losses import logconf_losses, product_losses, xent_losses
 
@@ -144,7 +143,7 @@ class Experiment:
         truth_b = [_onehot(r["label"]) for r in data["b"]]
 
         links = []
-        weak = self.fit(models[0], "weak", data["a"], truth_a, "xent", seed, data)
+        weak = self.fit(models[0], "weak", data["a"], truth_a, "xent", seed, data, "weak")
         links.append({"model": models[0], "trained_on": "A, ground truth", **_summary(weak)})
         labels = weak["b"]
         last = weak
@@ -157,12 +156,14 @@ class Experiment:
                             "learner": name, "label": r["label"], "prob": p,
                             "correct": (p > 0.5) == bool(r["label"])}
                            for r, p in zip(data["b"], labels, strict=True)]
-            last = self.fit(name, role, data["b"], soft, cfg.loss, seed, data)
+            last = self.fit(name, role, data["b"], soft, cfg.loss, seed, data,
+                            "w2s" if role == "strong" else "intermediate")
             fits.append(last)
             links.append({"model": name, "trained_on": f"B, labels of {models[k - 1]}",
                           "label_acc_on_b": _acc(labels, data["b"]), **_summary(last)})
             labels = last["b"]
-        ceiling = self.fit(models[-1], "strong", data["b"], truth_b, "xent", seed, data)
+        ceiling = self.fit(models[-1], "strong", data["b"], truth_b, "xent", seed, data,
+                           "strong_ceiling")
 
         rows = []
         middle = [(f"intermediate_{k}", res) for k, res in enumerate(fits[1:-1], start=2)]
@@ -226,12 +227,12 @@ class Experiment:
         tcfg = stage_train_config(dataclasses.replace(cfg.strong_train, epochs=cfg.gen_epochs,
                                                       max_steps=None),
                                   resolved.default_lr, 0)
-        key = self.cache.key("generalize-genft", model=model_identity(resolved),
-                             texts=content_hash(texts), train=dataclasses.asdict(tcfg),
-                             max_ctx=cfg.max_ctx, dtype=self.dtype)
-        with self.cache.claim(key) as found:
-            if found is not None:
-                return str(found)
+        with cached_stage(self.cache, "generalize-genft", "gen_finetune",
+                          model=model_identity(resolved), texts=content_hash(texts),
+                          train=dataclasses.asdict(tcfg), max_ctx=cfg.max_ctx,
+                          dtype=self.dtype) as st:
+            if st.done:
+                return str(st.path)
             model, tok = load_causal_lm(src, dtype=cfg.dtype, device=self.accelerator.device)
             examples = [_encode(tok, t, cfg.max_ctx) for t in texts]
 
@@ -240,29 +241,30 @@ class Experiment:
                 mask = batch["attention_mask"][:, 1:]
                 return lm_loss(logits[:, :-1], batch["input_ids"][:, 1:], mask)
 
-            progress = self.cache.root / "inprogress" / key
             result = train(model, examples, loss_fn=loss_fn, collate=_collate(tok.pad_token_id),
-                           config=tcfg, checkpoint_dir=progress, accelerator=self.accelerator,
+                           config=tcfg, checkpoint_dir=st.progress, accelerator=self.accelerator,
                            description="generative fine-tuning",
                            log=lambda rec: self.log({"stage": "gen_finetune", **rec}))
             self.log({"stage": "gen_finetune", "model": src, "steps": result.steps})
-            with self.cache.put_once(key, meta={"model": src}) as tmp:
-                model.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-            shutil.rmtree(progress, ignore_errors=True)
-            return str(self.cache.get(key))
+
+            def save(folder: Path) -> None:
+                model.save_pretrained(folder)
+                tok.save_pretrained(folder)
+
+            return str(st.publish(save, meta={"model": src}))
 
     # ---- train one classifier and predict (cached) ------------------------------------------
     def fit(self, name: str, role: str, rows: list[dict], targets: list[list[float]],
-            loss: str, seed: int, data: dict) -> dict:
+            loss: str, seed: int, data: dict, label: str | None = None) -> dict:
         """Fine-tune ``name`` on ``rows`` with soft ``targets`` [p0, p1] and ``loss``; return
-        p(label=1) on the test rows and on half B, with the training record.
+        p(label=1) on the test rows and on half B, with the training record. ``label`` names
+        the step in the run's compute record (``weak``, ``w2s``, ``strong_ceiling``; default
+        ``role``).
 
         Cached under a key of everything that determines the result; training checkpoints go to
         ``<cache>/inprogress/<key>`` so an interrupted training resumes there.
         """
         from w2s.models import resolve_model
-        from w2s.train import train
 
         cfg = self.cfg
         stage = cfg.weak_train if role == "weak" else cfg.strong_train
@@ -278,60 +280,63 @@ class Experiment:
                  "loss": loss, "loss_params": loss_params, "train": dataclasses.asdict(tcfg),
                  "seed": seed, "test": data["fingerprints"]["test"],
                  "b": data["fingerprints"]["b"], "dtype": self.dtype, "version": 1}
-        key = self.cache.key(f"generalize-{role}-{loss}", **parts)
-        with self.cache.claim(key) as found:
-            what = {"model": name, "role": role, "loss": loss, "seed": seed, "n_train": len(rows)}
-            if found is not None:
-                out = _read_json(found / "result.json")
-                self.log({"stage": "fit", "cached": True, "cache_key": key, **what})
-                return {**out, "cached": True, "cache_key": key}
+        what = {"model": name, "role": role, "loss": loss, "seed": seed, "n_train": len(rows)}
+        with cached_stage(self.cache, f"generalize-{role}-{loss}", label or role, **parts) as st:
+            self.log({"stage": "fit", "cached": st.done, "cache_key": st.key, **what})
+            if not st.done:
+                out, result = self._train_and_predict(name, role, rows, targets, loss, seed,
+                                                      tcfg, data, st.progress)
 
-            self.log({"stage": "fit", "cached": False, "cache_key": key, **what})
-            model, tok = self._classifier(source, seed)
-            self._pad_id = tok.pad_token_id
-            texts = [r["text"] for r in rows + data["test"] + data["b"]]
-            encode = self._encoder(model, tok, source, texts)
-            examples = [{**encode(r), "target": t} for r, t in zip(rows, targets, strict=True)]
-            progress = self.cache.root / "inprogress" / key
-            clock = _StepClock(tcfg, len(examples), self.accelerator.num_processes, progress)
-            buffer: deque = deque(maxlen=32)
+                def save(folder: Path) -> None:
+                    write_json(folder / "result.json", out)
+                    final = st.progress / (st.progress / "latest").read_text().strip()
+                    shutil.move(str(final), folder / "checkpoint")  # the trained weights
 
-            def loss_fn(m, batch):
-                logits = _forward(m, batch)
-                target = batch["target"].to(logits.device)
-                if loss == "logconf":
-                    # a micro-batch smaller than the buffer takes its quantile over the recent
-                    # predictions too, so it covers about one buffer's worth of examples
-                    small = logits.shape[0] < buffer.maxlen
-                    return logconf_losses(logits, target, clock.tick(), clock.total,
-                                          cfg.aux_alpha, cfg.warmup_frac,
-                                          buffer=buffer if small else None)
-                if loss == "product":
-                    return product_losses(logits, target)
-                return xent_losses(logits, target)
+                st.publish(save, meta=what)
+                self.log({"stage": "fitted", "test_acc": out["test_acc"],
+                          "resumed_from": result.resumed_from, **what})
+                return {**out, "cached": False, "cache_key": st.key}
+        return {**_read_json(st.path / "result.json"), "cached": True, "cache_key": st.key}
 
-            result = train(model, examples, loss_fn=loss_fn, collate=_collate(tok.pad_token_id),
-                           config=tcfg, checkpoint_dir=progress, accelerator=self.accelerator,
-                           description=f"{role} {name} ({loss})",
-                           log=lambda rec: self.log({"stage": f"train {role}", "model": name, **rec}))
-            self.trained += 1
-            out = {"test": self._predict(model, encode, data["test"]),
-                   "b": self._predict(model, encode, data["b"]),
-                   "train": {k: v for k, v in result.to_dict().items() if k != "losses"},
-                   "lr": tcfg.lr}
-            out["test_acc"] = _acc(out["test"], data["test"])
-            if self.accelerator.is_main_process:
-                from w2s.runs import write_json
+    def _train_and_predict(self, name: str, role: str, rows: list[dict],
+                           targets: list[list[float]], loss: str, seed: int, tcfg,
+                           data: dict, progress: Path):
+        """Train the classifier (checkpoints in ``progress``); its predictions and record."""
+        from w2s.train import train
 
-                with self.cache.put(key, meta=what) as tmp:
-                    write_json(tmp / "result.json", out)
-                    final = progress / (progress / "latest").read_text().strip()
-                    shutil.move(str(final), tmp / "checkpoint")  # the trained (trainable) weights
-                shutil.rmtree(progress, ignore_errors=True)
-            self.accelerator.wait_for_everyone()
-            self.log({"stage": "fitted", "test_acc": out["test_acc"],
-                      "resumed_from": result.resumed_from, **what})
-            return {**out, "cached": False, "cache_key": key}
+        cfg = self.cfg
+        source = self.source(name)
+        model, tok = self._classifier(source, seed)
+        self._pad_id = tok.pad_token_id
+        texts = [r["text"] for r in rows + data["test"] + data["b"]]
+        encode = self._encoder(model, tok, source, texts)
+        examples = [{**encode(r), "target": t} for r, t in zip(rows, targets, strict=True)]
+        buffer: deque = deque(maxlen=32)
+
+        def loss_fn(m, batch, step):
+            logits = _forward(m, batch)
+            target = batch["target"].to(logits.device)
+            if loss == "logconf":
+                # a micro-batch smaller than the buffer takes its quantile over the recent
+                # predictions too, so it covers about one buffer's worth of examples
+                small = logits.shape[0] < buffer.maxlen
+                return logconf_losses(logits, target, step.index, step.total, cfg.aux_alpha,
+                                      cfg.warmup_frac, buffer=buffer if small else None)
+            if loss == "product":
+                return product_losses(logits, target)
+            return xent_losses(logits, target)
+
+        result = train(model, examples, loss_fn=loss_fn, collate=_collate(tok.pad_token_id),
+                       config=tcfg, checkpoint_dir=progress, accelerator=self.accelerator,
+                       description=f"{role} {name} ({loss})",
+                       log=lambda rec: self.log({"stage": f"train {role}", "model": name, **rec}))
+        self.trained += 1
+        out = {"test": self._predict(model, encode, data["test"]),
+               "b": self._predict(model, encode, data["b"]),
+               "train": {k: v for k, v in result.to_dict().items() if k != "losses"},
+               "lr": tcfg.lr}
+        out["test_acc"] = _acc(out["test"], data["test"])
+        return out, result
 
     def _classifier(self, source: str, seed: int):
         """(model, tokenizer): a full / LoRA classifier, or (probe) a zero-init linear head."""
@@ -363,19 +368,17 @@ class Experiment:
 
         resolved = resolve_model(source)
         texts = sorted(set(texts))
-        key = self.cache.key("generalize-features", **model_identity(resolved),
-                             max_ctx=cfg.max_ctx, texts=content_hash(texts), dtype=self.dtype)
-        with self.cache.claim(key) as found:
-            if found is None:
+        with cached_stage(self.cache, "generalize-features", "features",
+                          **model_identity(resolved), max_ctx=cfg.max_ctx,
+                          texts=content_hash(texts), dtype=self.dtype) as st:
+            self.log({"stage": "features", "model": source, "n": len(texts), "cached": st.done})
+            if not st.done:
                 clf = model.backbone_for_features
                 feats = torch.cat([self._features(clf, tok, texts[i:i + cfg.eval_batch_size])
                                    for i in range(0, len(texts), cfg.eval_batch_size)])
-                with self.cache.put_once(key, meta={"model": source, "n": len(texts)}) as tmp:
-                    torch.save(feats, tmp / "features.pt")
-                self.log({"stage": "features", "model": source, "n": len(texts), "cached": False})
-            else:
-                feats = torch.load(found / "features.pt", weights_only=True)
-                self.log({"stage": "features", "model": source, "n": len(texts), "cached": True})
+                st.publish(lambda folder: torch.save(feats, folder / "features.pt"),
+                           meta={"model": source, "n": len(texts)})
+            feats = torch.load(st.path / "features.pt", weights_only=True)
             index = {t: i for i, t in enumerate(texts)}
             return lambda r: {"features": feats[index[r["text"]]]}
 
@@ -403,38 +406,6 @@ class Experiment:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-class _StepClock:
-    """The optimizer step a ``loss_fn`` call belongs to (logconf's warm-up needs it).
-
-    The loop calls ``loss_fn`` once per micro-batch; a step of ``m`` examples on ``world``
-    processes takes ``ceil(ceil(m / world) / micro)`` calls, the same arithmetic as the loop's
-    plan. A resumed training starts at the checkpoint's step.
-    """
-
-    def __init__(self, config, n: int, world: int, checkpoint_dir: Path):
-        from w2s.train import read_checkpoint
-        from w2s.train.loop import _plan
-
-        self.plan = _plan(config, n, world)
-        self.total = self.plan.total_steps
-        found = read_checkpoint(checkpoint_dir)
-        self.step = found[1]["step"] if found else 0
-        self.calls = 0
-
-    def _calls_per_step(self, step: int) -> int:
-        p = self.plan
-        within = step % p.steps_per_epoch
-        m = min(p.batch, p.n - within * p.batch)
-        return math.ceil(math.ceil(m / p.world) / p.micro)
-
-    def tick(self) -> int:
-        """Call once per micro-batch; returns the current optimizer step (0-based)."""
-        if self.calls == self._calls_per_step(self.step):
-            self.step, self.calls = self.step + 1, 0
-        self.calls += 1
-        return self.step
 
 
 def _onehot(label: int) -> list[float]:
