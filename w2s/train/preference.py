@@ -159,9 +159,20 @@ def score_items(model, items: Sequence[Encoded], pad_id: int, *, batch_size: int
     Batches are formed by length to waste little padding. ``reference=True`` scores with LoRA
     adapters disabled (the base model: DPO/WSPO's pi_ref under LoRA).
     """
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     sums: list[float] = [0.0] * len(items)
     counts: list[int] = [0] * len(items)
+    for m, idx, batch in _scoring_batches(model, items, pad_id, batch_size, reference):
+        summed, n = sequence_logprobs_of(m, batch)
+        for j, i in enumerate(idx):
+            sums[i], counts[i] = float(summed[j]), int(n[j])
+    return sums, counts
+
+
+def _scoring_batches(model, items: Sequence[Encoded], pad_id: int, batch_size: int,
+                     reference: bool):
+    """``(model to score with, item indices, batch on its device)``, batches formed by length,
+    the model in eval mode (and, ``reference=True``, with its LoRA adapters off) meanwhile."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     was_training = model.training
     model.eval()
     try:
@@ -169,13 +180,9 @@ def score_items(model, items: Sequence[Encoded], pad_id: int, *, batch_size: int
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = collate([items[i] for i in idx], pad_id)
-                batch = {k: v.to(_device(m)) for k, v in batch.items()}
-                summed, n = sequence_logprobs_of(m, batch)
-                for j, i in enumerate(idx):
-                    sums[i], counts[i] = float(summed[j]), int(n[j])
+                yield m, idx, {k: v.to(_device(m)) for k, v in batch.items()}
     finally:
         model.train(was_training)
-    return sums, counts
 
 
 @torch.no_grad()
@@ -189,23 +196,13 @@ def score_tokens(model, items: Sequence[Encoded], pad_id: int, *, batch_size: in
     ``score_tokens(...)[i].sum()`` equals ``score_items(...)[0][i]`` up to float rounding.
     ``reference=True`` scores with LoRA adapters disabled, as :func:`score_items` does.
     """
-    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
     out: list[torch.Tensor] = [torch.zeros(0)] * len(items)
-    was_training = model.training
-    model.eval()
-    try:
-        with _adapters_off(model) if reference else contextlib.nullcontext(model) as m:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = collate([items[i] for i in idx], pad_id)
-                batch = {k: v.to(_device(m)) for k, v in batch.items()}
-                per_token, _ = response_logprobs(m, batch["input_ids"], batch["attention_mask"],
-                                                 batch["response_mask"])
-                scored = batch["response_mask"][:, 1:].bool()
-                for j, i in enumerate(idx):
-                    out[i] = per_token[j][scored[j]].float().cpu()
-    finally:
-        model.train(was_training)
+    for m, idx, batch in _scoring_batches(model, items, pad_id, batch_size, reference):
+        per_token, _ = response_logprobs(m, batch["input_ids"], batch["attention_mask"],
+                                         batch["response_mask"])
+        scored = batch["response_mask"][:, 1:].bool()
+        for j, i in enumerate(idx):
+            out[i] = per_token[j][scored[j]].float().cpu()
     return out
 
 
