@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from w2s import compute as accounting
+
 
 def cache_kwarg(model) -> str:
     """The name under which ``model.forward`` takes (and its output returns) the KV cache:
@@ -169,4 +171,5 @@ class CachedLM:
         self.mask = mask
         self.n_cached = [n + f for n, f in zip(self.n_cached, fed, strict=True)]
         self.tokens_read += sum(fed)
+        accounting.count(forward=sum(fed))  # the run's compute record (w2s.compute)
         return (out.logits if logits else None), fed

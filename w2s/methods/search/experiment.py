@@ -13,6 +13,7 @@ import time
 import warnings
 from typing import Any
 
+from w2s import compute as accounting
 from w2s.errors import W2SError
 from w2s.methods.search import SPEC
 from w2s.methods.search.config import (
@@ -41,7 +42,9 @@ def run(cfg: SearchConfig) -> dict:
         models = load_models(cfg, plan)
         outputs = {}
         for name in plan["decoders"]:
-            outputs[name] = decode(name, cfg, plan, models)
+            with accounting.stage(f"decode_{name}"):  # the run's compute record, per decoder
+                outputs[name] = decode(name, cfg, plan, models)
+                accounting.count(generated=outputs[name]["compute"]["base_tokens"])
             run.log({"stage": "decode", "decoder": name, **outputs[name]["compute"]})
         # a judge that fails now (a server down) is not bad input: keep the answers
         run.keep("the decoded answers (generations-*.jsonl; judge them with "
