@@ -126,6 +126,29 @@ def test_cache_put_get_atomic(tmp_path):
     assert (cache.get(key) / "labels.json").read_text() == "[1, 0]"
 
 
+def test_cached_stage_builds_once_and_clears_its_progress(tmp_path):
+    """A stage's key is ``cache.key(kind, **parts)``; it builds its entry once, checkpoints in
+    ``<cache>/inprogress/<key>``, and publishing removes the checkpoints; a stage whose product
+    is no entry keeps them until it calls clear_progress."""
+    from w2s.runs import cached_stage
+
+    cache = Cache(tmp_path)
+    with cached_stage(cache, "fit", model="m") as st:
+        assert not st.done and st.key == cache.key("fit", model="m")
+        assert st.progress == tmp_path / "inprogress" / st.key
+        st.progress.mkdir(parents=True)
+        (st.progress / "step-1").write_text("checkpoint")
+        st.publish(lambda folder: (folder / "out.txt").write_text("1"), meta={"n": 1})
+    assert st.done and not st.progress.exists() and (st.path / "out.txt").read_text() == "1"
+    with cached_stage(cache, "fit", model="m") as again:
+        assert again.done and again.path == st.path
+    with cached_stage(cache, "train", model="m") as training:
+        training.progress.mkdir(parents=True)
+    assert training.progress.exists() and not training.done  # kept for a rerun
+    training.clear_progress()
+    assert not training.progress.exists() and cache.get(training.key) is None
+
+
 def test_cache_root_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("W2S_CACHE", str(tmp_path / "c"))
     assert Cache().root == tmp_path / "c"

@@ -18,13 +18,8 @@ from w2s.cli import main
 from w2s.config import build_config
 from w2s.errors import W2SError
 from w2s.methods.wspo.config import WSPOConfig
-from w2s.methods.wspo.experiment import (
-    Pipeline,
-    make_plan,
-    wspo_collate,
-    wspo_examples,
-    wspo_loss_fn,
-)
+from w2s.methods.wspo.experiment import Pipeline, wspo_collate, wspo_examples, wspo_loss_fn
+from w2s.methods.wspo.plan import make_plan
 from w2s.models import load_causal_lm, tiny_tokenizer
 from w2s.runs import Cache, Run
 from w2s.train import TrainConfig, train

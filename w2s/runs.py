@@ -593,13 +593,21 @@ class Stage:
         if is_main_process():
             with self.cache.put(self.key, meta) as tmp:
                 write(tmp)
-            shutil.rmtree(self.progress, ignore_errors=True)
-        barrier()
+        self.clear_progress()
         self.path = self.cache.get(self.key)
         if self.path is None:  # pragma: no cover - a shared cache folder the ranks do not share
             raise W2SError(f"cache entry {self.key} is missing after it was written; every "
                            "process of a launch must see the same W2S_CACHE folder")
         return self.path
+
+    def clear_progress(self) -> None:
+        """Remove the stage's in-progress checkpoints on the main process; every rank waits.
+        :meth:`publish` does it; a stage whose product is no cache entry (a training whose model
+        goes to the run directory) calls it once that product is safe, keeping the checkpoints
+        for a rerun until then."""
+        if is_main_process():
+            shutil.rmtree(self.progress, ignore_errors=True)
+        barrier()
 
 
 @contextlib.contextmanager

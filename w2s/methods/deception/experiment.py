@@ -3,16 +3,17 @@
 :class:`Experiment` holds what every step shares (config, plan, cache, accelerator, run record)
 and has one method per step: ``load_data`` (test pairs, halves A and B, helpfulness pairs),
 ``run_chain`` (ceilings -> weak labels -> [intermediate] -> strong under each conflict -> scores)
-and ``fit`` (train one model with one objective and predict, cached by content hash). The loss of
-every objective, with the explicit-conflict term, is :func:`objective_losses`, a pure function.
-torch is imported here, never by the CLI.
+and ``fit`` (train one model with one objective and predict: a :func:`~w2s.runs.cached_stage`,
+keyed by content hash). The loss of every objective, with the explicit-conflict term, is
+:func:`objective_losses`, a pure function. :func:`run` calls the steps in one run directory and
+:func:`~w2s.methods.deception.summary.summarize` turns their results into metrics.json. torch is
+imported here, never by the CLI.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import warnings
 from typing import Any
 
@@ -37,7 +38,8 @@ from w2s.methods.deception.config import (
     stage_config,
     sweep_jobs,
 )
-from w2s.runs import Cache, content_hash
+from w2s.methods.deception.summary import summarize
+from w2s.runs import Cache, cached_stage, content_hash, write_json
 from w2s.train.losses import dpo_loss, explicit_conflict_loss, reward_model_loss, simpo_loss
 
 VERSION = 1
@@ -271,8 +273,9 @@ class Experiment:
         ``explicit``) and return its preference probabilities for the ground-truth chosen
         response on the test pairs (and on half B when ``predict_b``).
 
-        Cached under a key of everything that determines the result; training checkpoints go
-        to ``<cache>/inprogress/<key>`` so an interrupted training resumes there.
+        A :func:`~w2s.runs.cached_stage` keyed by everything that determines the result (its
+        work counted as the compute stage ``what``); training checkpoints go to the stage's
+        ``<cache>/inprogress/<key>`` so an interrupted training resumes there.
         """
         from w2s.models import resolve_model
         from w2s.models.resolve import model_identity
@@ -298,29 +301,20 @@ class Experiment:
                  "test": data["fingerprints"]["test"],
                  "b": data["fingerprints"]["b"] if predict_b else None, "dtype": self.dtype,
                  "version": VERSION}
-        key = self.cache.key(f"deception-{objective}", **parts)
         info = {"model": name, "what": what, "seed": seed, "n_train": len(rows)}
-        with self.cache.claim(key) as found:  # processes sharing the cache build it once
-            if found is not None:
-                out = json.loads((found / "result.json").read_text())
-                self.log({"stage": "fit", "cached": True, "cache_key": key, **info})
-                return {**out, "cached": True, "cache_key": key}
-
-            self.log({"stage": "fit", "cached": False, "cache_key": key, **info})
-            progress = self.cache.root / "inprogress" / key
+        with cached_stage(self.cache, f"deception-{objective}", name=what, **parts) as st:
+            if st.done:
+                out = json.loads((st.path / "result.json").read_text())
+                self.log({"stage": "fit", "cached": True, "cache_key": st.key, **info})
+                return {**out, "cached": True, "cache_key": st.key}
+            self.log({"stage": "fit", "cached": False, "cache_key": st.key, **info})
             out = self._train_and_predict(name, what, rows, seed, data, predict_b, tcfg, sft,
-                                          progress)
+                                          st.progress)
             self.trained += 1
-            from w2s.runs import write_json
-
-            with self.cache.put_once(key, meta=info) as tmp:
-                write_json(tmp / "result.json", out)
-            if self.accelerator.is_main_process:
-                shutil.rmtree(progress, ignore_errors=True)
-            self.accelerator.wait_for_everyone()
+            st.publish(lambda folder: write_json(folder / "result.json", out), meta=info)
         acc = sum(p >= 0.5 for p in out["test"]) / len(out["test"])
         self.log({"stage": "fitted", "test_acc": acc, **info})
-        return {**out, "cached": False, "cache_key": key}
+        return {**out, "cached": False, "cache_key": st.key}
 
     def _load(self, name: str, seed: int):
         """(model, tokenizer): a one-output reward model (full / lora / probe) or a causal LM."""
@@ -463,12 +457,12 @@ class Experiment:
         from w2s.models.resolve import model_identity
         from w2s.train.preference import collate
 
-        key = self.cache.key("deception-features", model=model_identity(resolve_model(name)),
-                             dtype=self.dtype, ids=content_hash([list(e.input_ids)
-                                                                 for e in items]))
-        with self.cache.claim(key) as found:
-            if found is not None:
-                feats = torch.load(found / "features.pt", weights_only=True)
+        ids = content_hash([list(e.input_ids) for e in items])
+        with cached_stage(self.cache, "deception-features", name="features",
+                          model=model_identity(resolve_model(name)), dtype=self.dtype,
+                          ids=ids) as st:
+            if st.done:
+                feats = torch.load(st.path / "features.pt", weights_only=True)
                 self.log({"stage": "features", "model": name, "n": len(items), "cached": True})
             else:
                 parts, bs = [], self.cfg.eval_batch_size
@@ -479,8 +473,8 @@ class Experiment:
                         parts.append(clf.features(batch["input_ids"].to(dev),
                                                   batch["attention_mask"].to(dev)).float().cpu())
                 feats = torch.cat(parts)
-                with self.cache.put_once(key, meta={"model": name, "n": len(items)}) as tmp:
-                    torch.save(feats, tmp / "features.pt")
+                st.publish(lambda folder: torch.save(feats, folder / "features.pt"),
+                           meta={"model": name, "n": len(items)})
                 self.log({"stage": "features", "model": name, "n": len(items), "cached": False})
         return {e: feats[i] for i, e in enumerate(items)}
 
@@ -556,94 +550,3 @@ def run(cfg: DeceptionConfig) -> dict:
         run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
         run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
         return run.finish(summarize(results, plan, run))
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-
-
-def summarize(results: list[dict], plan: dict, run) -> dict:
-    """metrics.json: the headline deception score and its areas (of the one experiment, or
-    pooled over a sweep's test examples), every setting's score, a table per experiment, and
-    (sweeps) the plot of the score against the weak-strong gap."""
-    from w2s.evaluation.deception import deception_score
-
-    headline = plan["headline"]
-    pooled: dict[str, dict[str, Any]] = {}
-    for setting in plan["settings"]:
-        cols: list[list[bool]] = [[], [], [], []]
-        for res in results:
-            for acc, col in zip(cols, res["correct"][setting], strict=True):
-                acc.extend(col)
-        pooled[setting] = deception_score(*cols)
-    top = pooled.get(headline) if headline else None
-    reason = top["reason"] if top else "no conflict setting trained: train implicit or explicit"
-    metrics: dict[str, Any] = {
-        "task": results[0]["task"], "objective": results[0]["objective"],
-        "headline_setting": headline,
-        "deception_score": top["score"] if top else None,
-        "deception_score_reason": reason,
-        "deception_reason": reason,  # the name earlier versions wrote
-        "gold_reward_reason": "deception is judged by the preference labels, not a gold reward",
-        "baseline_gold_reward_reason": "deception is judged by the preference labels",
-        "areas": top["areas"] if top else None,
-        "pooled_over": len(results),
-        "settings": pooled,
-    }
-    table = []
-    for res in results:
-        row = {"pair": res["pair"], "weak": res["models"][0], "strong": res["models"][-1],
-               "seed": res["seed"], "weak_ceiling_acc": res["accuracy"]["weak_ceiling"],
-               "strong_ceiling_acc": res["accuracy"]["strong_ceiling"],
-               "gap": res["accuracy"]["strong_ceiling"] - res["accuracy"]["weak_ceiling"]}
-        for setting in plan["settings"]:
-            row[f"deception_score_{setting}"] = res["scores"][setting]["score"]
-        table.append(row)
-    metrics["table"] = table
-    metrics["experiments"] = [{k: v for k, v in res.items() if k != "correct"} for res in results]
-    metrics["trained_models"] = sum(r["trained_models"] for r in results)
-    metrics["plot"] = _plot(table, plan["settings"], run) if len(results) > 1 else None
-    return metrics
-
-
-def _plot(table: list[dict], settings: list[str], run) -> str | None:
-    """deception.png: the deception score of each setting against the weak-strong gap (strong
-    ceiling accuracy minus weak ceiling accuracy), one point per experiment (matplotlib is
-    optional: ``pip install 'w2s[plot]'``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
-                 "(pip install 'w2s[plot]')"})
-        return None
-    if not run.main or not settings:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    drawn = 0
-    for setting, marker in zip(settings, "os^", strict=False):
-        points = sorted((r["gap"], r[f"deception_score_{setting}"], r["strong"]) for r in table
-                        if r[f"deception_score_{setting}"] is not None)
-        if not points:
-            continue
-        drawn += 1
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=setting)
-        for x, y, name in points:
-            ax.annotate(name.removeprefix("tiny:").split("+")[0], (x, y), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel("weak-strong gap (strong ceiling acc - weak ceiling acc)")
-    ax.set_ylabel("deception score")
-    ax.set_ylim(0, 1)
-    ax.set_title("weak-to-strong deception")
-    if drawn:
-        ax.legend(title="conflict", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "deception score undefined in every experiment", ha="center",
-                transform=ax.transAxes, fontsize=8)
-    fig.tight_layout()
-    path = run.path / "deception.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path.name
