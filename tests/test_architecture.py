@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent / "w2s"
 LAYERS: list[set[str]] = [
     # base: no model, no data; torch only inside functions. api is the stdlib HTTP client of
     # the api: judge and the api: search base; launch fans a sweep out as `w2s ...` processes.
-    {"w2s", "w2s.errors", "w2s.config", "w2s.runs", "w2s.compute", "w2s.seeding", "w2s.progress",
-     "w2s.api", "w2s.launch"},
+    {"w2s", "w2s.errors", "w2s.config", "w2s.runs", "w2s.cache", "w2s.compute", "w2s.seeding",
+     "w2s.progress", "w2s.api", "w2s.launch"},
     {"w2s.data"},  # tasks as rows of dicts
     {"w2s.models"},  # naming, loading and scoring models
     {"w2s.train"},  # the one training loop, losses, preference training

@@ -302,7 +302,7 @@ class Experiment:
                  "b": data["fingerprints"]["b"] if predict_b else None, "dtype": self.dtype,
                  "version": VERSION}
         info = {"model": name, "what": what, "seed": seed, "n_train": len(rows)}
-        with cached_stage(self.cache, f"deception-{objective}", name=what, **parts) as st:
+        with cached_stage(self.cache, f"deception-{objective}", what, **parts) as st:
             if st.done:
                 out = json.loads((st.path / "result.json").read_text())
                 self.log({"stage": "fit", "cached": True, "cache_key": st.key, **info})
@@ -458,7 +458,7 @@ class Experiment:
         from w2s.train.preference import collate
 
         ids = content_hash([list(e.input_ids) for e in items])
-        with cached_stage(self.cache, "deception-features", name="features",
+        with cached_stage(self.cache, "deception-features", "features",
                           model=model_identity(resolve_model(name)), dtype=self.dtype,
                           ids=ids) as st:
             if st.done:

@@ -114,7 +114,7 @@ class Pipeline:
         :func:`~w2s.runs.cached_stage`, under the key the plan computed (and the dry run
         showed), its work counted as the compute stage of the same name."""
         kind, parts = self.plan.inputs[stage]
-        return cached_stage(self.cache, kind, name=stage, **parts)
+        return cached_stage(self.cache, kind, stage, **parts)
 
     def _record(self, stage: str, cached: bool, **extra: Any) -> None:
         self.stages[stage] = {"cached": cached, "key": self.plan.keys.get(stage), **extra}
