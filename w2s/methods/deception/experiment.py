@@ -39,6 +39,7 @@ from w2s.methods.deception.config import (
     sweep_jobs,
 )
 from w2s.methods.deception.summary import summarize
+from w2s.models.probe import frozen_features, linear_head
 from w2s.runs import Cache, cached_stage, content_hash, write_json
 from w2s.train.losses import dpo_loss, explicit_conflict_loss, reward_model_loss, simpo_loss
 
@@ -419,8 +420,7 @@ class Experiment:
                  for side in ("chosen", "rejected")}
         feats = self._probe_features(clf, name, sorted(items, key=lambda e: len(e.input_ids)),
                                      pad)
-        head = torch.nn.Linear(clf.head.in_features, 1, bias=False).to(self.accelerator.device)
-        torch.nn.init.zeros_(head.weight)
+        head = linear_head(clf.head.in_features, 1, self.accelerator.device)
         train_rows = [{"chosen": feats[e["chosen"]], "rejected": feats[e["rejected"]],
                        "truth": e["truth"], "explicit": e["explicit"]} for e in examples]
 
@@ -465,14 +465,10 @@ class Experiment:
                 feats = torch.load(st.path / "features.pt", weights_only=True)
                 self.log({"stage": "features", "model": name, "n": len(items), "cached": True})
             else:
-                parts, bs = [], self.cfg.eval_batch_size
-                with torch.no_grad():
-                    for start in range(0, len(items), bs):
-                        batch = collate(items[start:start + bs], pad)
-                        dev = self.accelerator.device
-                        parts.append(clf.features(batch["input_ids"].to(dev),
-                                                  batch["attention_mask"].to(dev)).float().cpu())
-                feats = torch.cat(parts)
+                bs = self.cfg.eval_batch_size
+                batches = (collate(items[i:i + bs], pad) for i in range(0, len(items), bs))
+                feats = frozen_features(clf, ((b["input_ids"], b["attention_mask"])
+                                              for b in batches), self.accelerator.device)
                 st.publish(lambda folder: torch.save(feats, folder / "features.pt"),
                            meta={"model": name, "n": len(items)})
                 self.log({"stage": "features", "model": name, "n": len(items), "cached": False})

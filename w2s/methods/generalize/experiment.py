@@ -29,6 +29,7 @@ from w2s.methods.generalize.config import (
     stage_train_config,
     sweep_jobs,
 )
+from w2s.models.probe import frozen_features, linear_head
 from w2s.runs import Cache, cached_stage, content_hash, write_json
 from w2s.tiny import pretrained_tiny  # w2s.tiny also registers tiny:...+<stage> names
 from w2s.train.losses import logconf_losses, product_losses, xent_losses
@@ -351,8 +352,7 @@ class Experiment:
             return clf, tok
         for p in clf.parameters():
             p.requires_grad_(False)
-        head = torch.nn.Linear(clf.head.in_features, 2, bias=False).to(self.accelerator.device)
-        torch.nn.init.zeros_(head.weight)
+        head = linear_head(clf.head.in_features, 2, self.accelerator.device)
         # kept beside the head, not as a submodule: frozen, and never in its checkpoints
         object.__setattr__(head, "backbone_for_features", clf)
         return head, tok
@@ -373,20 +373,21 @@ class Experiment:
                           texts=content_hash(texts), dtype=self.dtype) as st:
             self.log({"stage": "features", "model": source, "n": len(texts), "cached": st.done})
             if not st.done:
-                clf = model.backbone_for_features
-                feats = torch.cat([self._features(clf, tok, texts[i:i + cfg.eval_batch_size])
-                                   for i in range(0, len(texts), cfg.eval_batch_size)])
+                feats = frozen_features(model.backbone_for_features,
+                                        self._batches(tok, texts), self.accelerator.device)
                 st.publish(lambda folder: torch.save(feats, folder / "features.pt"),
                            meta={"model": source, "n": len(texts)})
             feats = torch.load(st.path / "features.pt", weights_only=True)
             index = {t: i for i, t in enumerate(texts)}
             return lambda r: {"features": feats[index[r["text"]]]}
 
-    @torch.no_grad()
-    def _features(self, clf, tok, texts: list[str]) -> torch.Tensor:
-        enc = tok(texts, truncation=True, max_length=self.cfg.max_ctx, padding=True,
-                  return_tensors="pt").to(self.accelerator.device)
-        return clf.features(enc.input_ids, enc.attention_mask).float().cpu()
+    def _batches(self, tok, texts: list[str]):
+        """``(input_ids, attention_mask)`` of ``texts``, ``eval_batch_size`` at a time."""
+        size = self.cfg.eval_batch_size
+        for i in range(0, len(texts), size):
+            enc = tok(texts[i:i + size], truncation=True, max_length=self.cfg.max_ctx,
+                      padding=True, return_tensors="pt")
+            yield enc.input_ids, enc.attention_mask
 
     @torch.no_grad()
     def _predict(self, model, encode, rows: list[dict]) -> list[float]:
