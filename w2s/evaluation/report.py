@@ -167,24 +167,16 @@ def _per_decoder(run: dict) -> list[dict]:
 def make_plots(runs: list[dict], out_dir: Path) -> tuple[list[Path], str | None]:
     """Write the PNG plots that the runs have data for; ``(paths, note)`` where note says why
     plots were skipped (matplotlib missing), else None."""
-    try:
-        import matplotlib
+    from w2s.evaluation.plots import MISSING, pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "plots skipped: matplotlib is not installed (`pip install matplotlib`)"
+    plt = pyplot()
+    if plt is None:
+        return [], f"plots skipped: {MISSING}"
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
     def save(fig, name: str) -> None:
-        target = out_dir / name
-        tmp = out_dir / f".{name}.tmp.png"
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, target)
-        written.append(target)
+        written.append(save_figure(fig, out_dir / name))
 
     bars = [(f"{r['name'][:20]}\n{pair[:28]}" if len(r["pairs"]) > 1 or pair != r["name"]
              else r["name"][:24], v) for r in runs for pair, v in r["pairs"].items()]

@@ -60,14 +60,11 @@ def _plot(table: list[dict], settings: list[str], run) -> str | None:
     """deception.png: the deception score of each setting against the weak-strong gap (strong
     ceiling accuracy minus weak ceiling accuracy), one point per experiment (matplotlib is
     optional: ``pip install 'w2s[plot]'``)."""
-    try:
-        import matplotlib
+    from w2s.evaluation.plots import MISSING, pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
-                 "(pip install 'w2s[plot]')"})
+    plt = pyplot()
+    if plt is None:
+        run.log({"event": "note", "note": MISSING})
         return None
     if not run.main or not settings:
         return None
@@ -92,8 +89,4 @@ def _plot(table: list[dict], settings: list[str], run) -> str | None:
     else:
         ax.text(0.5, 0.5, "deception score undefined in every experiment", ha="center",
                 transform=ax.transAxes, fontsize=8)
-    fig.tight_layout()
-    path = run.path / "deception.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, run.path / "deception.png").name

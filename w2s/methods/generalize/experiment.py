@@ -500,14 +500,11 @@ def summarize(results: list[dict], cfg: GeneralizeConfig, run) -> dict:
 
 def _plot(table: list[dict], run) -> str | None:
     """pgr.png: median PGR per pair (matplotlib is optional: `pip install w2s[plot]`)."""
-    try:
-        import matplotlib
+    from w2s.evaluation.plots import MISSING, pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        run.log({"event": "note", "note": "matplotlib is not installed: no plot "
-                 "(pip install 'w2s[plot]')"})
+    plt = pyplot()
+    if plt is None:
+        run.log({"event": "note", "note": MISSING})
         return None
     if not run.main:
         return None
@@ -519,8 +516,4 @@ def _plot(table: list[dict], run) -> str | None:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel("median PGR over seeds")
     ax.set_title("performance gap recovered")
-    fig.tight_layout()
-    path = run.path / "pgr.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, run.path / "pgr.png").name
