@@ -18,7 +18,7 @@ from helpers import LocalServer, free_port, read_jsonl, run_cli
 from w2s.cli import alias_main
 from w2s.config import build_config
 from w2s.errors import W2SError
-from w2s.methods.search.base import ApiBase, HFBase, Sampling
+from w2s.methods.search.base import ApiBase, HFBase
 from w2s.methods.search.cache import CachedLM, reorder_cache
 from w2s.methods.search.config import SearchConfig, parse_chunk
 from w2s.methods.search.decoders import best_of_n, cbs, plain_sample
@@ -171,7 +171,7 @@ def test_scoring_across_tokenizers_round_trips_the_text():
     guide = Guide(tuned, untuned, gtok, chat=True)
     base = HFBase(base_model, base_tok, chat=True)
     results, _ = cbs(base, guide, PROMPTS[:2], w=2, k=2, l=3, max_new_tokens=18,
-                     sampling=Sampling(1.0, 0, 1.0), generator=torch.Generator().manual_seed(0))
+                     sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0), generator=torch.Generator().manual_seed(0))
     # chunks of 3 bytes cut words (and UTF-8 characters) in two: the guide took tokens back
     assert guide.retokenized > 0
     texts = [r["response"] for r in results]
@@ -195,7 +195,7 @@ def test_best_of_n_equals_cbs_1_n_inf():
     tuned, _ = tiny("llama-1x32", seed=1)
     untuned, _ = tiny("llama-1x32", seed=2)
     base, guide = HFBase(base_model, tok, chat=False), Guide(tuned, untuned, tok, chat=False)
-    sampling = Sampling(1.0, 0, 1.0)
+    sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
     searched, strace = cbs(base, guide, PROMPTS, w=1, k=5, l=None, max_new_tokens=12,
                            sampling=sampling, generator=torch.Generator().manual_seed(7))
     best, btrace = best_of_n(base, guide, PROMPTS, n=5, max_new_tokens=12, sampling=sampling,
@@ -216,7 +216,7 @@ def test_sampling_equals_cbs_1_1_inf_and_hf_generate():
     base = HFBase(base_model, tok, chat=False)
     prompts = ["abcdefgh", "ijklmnop", "qrstuvwx"]    # one length: generate keeps their order
     for t, top_k, top_p in [(1.0, 0, 1.0), (0.7, 20, 0.9)]:
-        sampling = Sampling(t, top_k, top_p)
+        sampling = SamplingConfig(temperature=t, top_k=top_k, top_p=top_p)
         plain, _ = plain_sample(base, prompts, max_new_tokens=16, sampling=sampling,
                                 generator=torch.Generator().manual_seed(3))
         searched, _ = cbs(base, guide, prompts, w=1, k=1, l=None, max_new_tokens=16,
@@ -233,7 +233,7 @@ def test_finished_beams_are_kept_once():
     base, guide = HFBase(base_model, tok, chat=False), Guide(tuned, untuned, tok, chat=False)
     w, k = 3, 3
     results, traces = cbs(base, guide, PROMPTS, w=w, k=k, l=3, max_new_tokens=30,
-                          sampling=Sampling(1.0, 0, 1.0),
+                          sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0),
                           generator=torch.Generator().manual_seed(0))
     kept_while_searching = 0
     for res, rounds in zip(results, traces, strict=True):
@@ -314,7 +314,7 @@ def test_api_base_is_searched_chunk_by_chunk(completions_server):
     assert base.check() == "served-base"                  # the model the server lists
     w, k, chunk, max_new = 2, 2, 5, 20
     results, traces = cbs(base, guide, PROMPTS[:2], w=w, k=k, l=chunk, max_new_tokens=max_new,
-                          sampling=Sampling(0.7, 0, 1.0),
+                          sampling=SamplingConfig(temperature=0.7, top_k=0, top_p=1.0),
                           generator=torch.Generator().manual_seed(0))
     reqs = completions_server.requests
     assert all(r["max_tokens"] == chunk and r["model"] == "served-base" for r in reqs)
@@ -341,7 +341,7 @@ def test_api_base_is_searched_chunk_by_chunk(completions_server):
     # plain sampling: one request per prompt, the whole response at once
     completions_server.requests.clear()
     plain, _ = plain_sample(base, PROMPTS[:2], max_new_tokens=max_new,
-                            sampling=Sampling(0.7, 0, 1.0),
+                            sampling=SamplingConfig(temperature=0.7, top_k=0, top_p=1.0),
                             generator=torch.Generator().manual_seed(0))
     assert [(r["prompt"], r["n"], r["max_tokens"]) for r in completions_server.requests] == [
         (p, 1, max_new) for p in PROMPTS[:2]]
@@ -503,7 +503,7 @@ def test_eft_counts_each_calls_guide_tokens_once():
     compute = Compute()
     for batch in (PROMPTS[:2], PROMPTS[2:]):
         eft(base_model, tok, guide, batch, beta=1.0, max_new_tokens=6,
-            sampling=Sampling(1.0, 0, 1.0), generator=torch.Generator().manual_seed(0),
+            sampling=SamplingConfig(temperature=1.0, top_k=0, top_p=1.0), generator=torch.Generator().manual_seed(0),
             chat=False, compute=compute)
     assert compute.base_tokens > 6
     assert compute.guide_tokens_scored == 2 * compute.base_tokens

@@ -17,7 +17,6 @@ Two kinds, one interface (``start``, ``sample``, ``select``, ``texts``, ``finish
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import torch
 
@@ -25,16 +24,8 @@ from w2s.api import ApiClient, endpoint_url, one_line
 from w2s.errors import W2SError
 from w2s.methods.search.cache import CachedLM
 from w2s.methods.search.text import encode_prompt, eos_ids, sample_next
+from w2s.models.generate import SamplingConfig
 from w2s.models.loading import pad_id
-
-
-@dataclass
-class Sampling:
-    """How the base model samples (every field explicit and recorded)."""
-
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
 
 
 class HFBase:
@@ -68,7 +59,7 @@ class HFBase:
         self.response = [list(self.response[i]) for i in index]
         self.finished = [self.finished[i] for i in index]
 
-    def sample(self, n_tokens: int, sampling: Sampling, generator: torch.Generator | None,
+    def sample(self, n_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None,
                suppress_eos: bool = False) -> int:
         """Up to ``n_tokens`` more tokens for every unfinished row; returns the steps taken
         (fewer when every row finished). ``suppress_eos`` (benchmarks) never ends a row."""
@@ -157,7 +148,7 @@ class ApiBase:
         self.model = self.model or listed
         return self.model
 
-    def complete(self, prompt: str, max_tokens: int, n: int, sampling: Sampling,
+    def complete(self, prompt: str, max_tokens: int, n: int, sampling: SamplingConfig,
                  seed: int) -> tuple[list[tuple[str, str]], int | None]:
         """``n`` continuations of ``prompt``: ``([(text, finish_reason), ...], tokens or None)``."""
         payload = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "n": n,
@@ -194,7 +185,7 @@ class ApiBase:
         self.written = [self.written[i] for i in index]
         self.finished = [self.finished[i] for i in index]
 
-    def sample(self, n_tokens: int, sampling: Sampling, generator: torch.Generator | None,
+    def sample(self, n_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None,
                suppress_eos: bool = False) -> int:
         """One chunk of up to ``n_tokens`` for every unfinished row: one request per distinct
         (prompt, text so far), ``n`` = the rows sharing it. Returns ``n_tokens``."""

@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from w2s.methods.search.base import Sampling
 from w2s.methods.search.cache import CachedLM
 from w2s.methods.search.guide import Guide
 from w2s.methods.search.text import encode_prompt, eos_ids, sample_next
+from w2s.models.generate import SamplingConfig
 from w2s.models.loading import pad_id
 
 DECODERS = ("cbs", "bon", "sample", "eft")
@@ -107,7 +107,7 @@ def _record(c: dict, selected: bool) -> dict:
 
 
 def cbs(base, guide: Guide, prompts: list[str], *, w: int, k: int, l: int | None,  # noqa: E741
-        max_new_tokens: int, sampling: Sampling, generator: torch.Generator | None,
+        max_new_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None,
         compute: Compute | None = None) -> tuple[list[dict], list[list[list[dict]]]]:
     """Chunk-level beam search CBS(W, K, L) over a batch of prompts (``l`` None = inf).
 
@@ -182,7 +182,7 @@ def cbs(base, guide: Guide, prompts: list[str], *, w: int, k: int, l: int | None
 
 
 def best_of_n(base, guide: Guide, prompts: list[str], *, n: int, max_new_tokens: int,
-              sampling: Sampling, generator: torch.Generator | None,
+              sampling: SamplingConfig, generator: torch.Generator | None,
               compute: Compute | None = None, batch_size: int = 16
               ) -> tuple[list[dict], list[list[list[dict]]]]:
     """Best-of-N: ``n`` complete samples per prompt, each scored from scratch; the best one
@@ -213,7 +213,7 @@ def best_of_n(base, guide: Guide, prompts: list[str], *, n: int, max_new_tokens:
     return results, traces
 
 
-def plain_sample(base, prompts: list[str], *, max_new_tokens: int, sampling: Sampling,
+def plain_sample(base, prompts: list[str], *, max_new_tokens: int, sampling: SamplingConfig,
                  generator: torch.Generator | None, compute: Compute | None = None
                  ) -> tuple[list[dict], list[list[list[dict]]]]:
     """One sample per prompt, no guide (the baseline of every win rate)."""
@@ -233,7 +233,7 @@ def plain_sample(base, prompts: list[str], *, max_new_tokens: int, sampling: Sam
 
 
 def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: float,
-        max_new_tokens: int, sampling: Sampling, generator: torch.Generator | None, chat: bool,
+        max_new_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None, chat: bool,
         compute: Compute | None = None) -> tuple[list[dict], list[list[list[dict]]]]:
     """Emulated fine-tuning: sample each token from
     ``log p_base + beta * (log p_tuned - log p_untuned)`` (then temperature, top-k, top-p).

@@ -177,11 +177,10 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
     """
     import torch
 
-    from w2s.methods.search.base import Sampling
     from w2s.methods.search.decoders import Compute, best_of_n, cbs, eft, plain_sample
 
     base, guide = models["base"], models["guide"]
-    sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p)
+    sampling = cfg.sampling.sampling_config(batch_size=cfg.prompt_batch, seed=cfg.seed)
     device = getattr(base, "device", torch.device("cpu"))
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     compute = Compute()
