@@ -1,6 +1,7 @@
 """``w2s macpo``: who learns from whom and the perplexity filter on hand-made agent outputs; the
 agents as LoRA adapters over one copy of each base model; the whole loop through the CLI on tiny
-models; resume at a stage boundary; a filter that leaves no pairs; bad input; recipes.
+models; a rerun finds the finished stages in the cache (after a crash, and into a new run
+directory); a filter that leaves no pairs; bad input; recipes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from helpers import cli, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
+from w2s.methods.macpo.agents import Format
 from w2s.methods.macpo.config import MACPOConfig, check_config
-from w2s.methods.macpo.experiment import (
-    Format,
+from w2s.methods.macpo.pairing import (
     candidates,
     contrastive_pairs,
     perplexity,
@@ -142,7 +143,8 @@ def test_each_model_formats_its_own_prompts():
 
 
 def test_agents_share_one_copy_of_each_base_model(tmp_path):
-    from w2s.methods.macpo.experiment import MACPO, base_parameters
+    from w2s.methods.macpo.agents import base_parameters
+    from w2s.methods.macpo.experiment import MACPO
     from w2s.models.tiny import tiny_param_count
 
     cfg = build_config(MACPOConfig, overrides={
@@ -225,7 +227,7 @@ def test_dpo_reference_can_be_the_adapter_it_starts_from():
 # ---- the loop through the CLI ------------------------------------------------------------------
 
 
-def test_two_iterations_through_the_cli(tmp_path):
+def test_two_iterations_through_the_cli(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     assert cli(["macpo", *TINY, "--iterations", "2", "--run-dir", str(run_dir)]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -269,16 +271,19 @@ def test_two_iterations_through_the_cli(tmp_path):
             assert (it / f"judgments-{learner}.jsonl").is_file()
     # each learner's DPO continued from its previous adapter: iteration 2 trained again
     assert all(metrics["iterations"][1]["training"][lrn]["steps"] == 2 for lrn in LEARNERS)
-    stages = json.loads((run_dir / "stages.json").read_text())["stages"]
+    # every stage was built now (a fresh cache) and counted; no in-progress checkpoint is left
+    stages = metrics["compute"]["stages"]
     assert "init/sft/student-neg" in stages and "iter2/dpo/student" in stages
-    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+    assert not any(s["cached"] for s in stages.values())
+    assert not any((cache_dir / "inprogress").glob("macpo-*"))
     # `w2s report` plots the iterations
     assert cli(["report", str(run_dir), "--out", str(tmp_path / "report.md")]) == 0
 
 
-def test_resume_after_a_crash_redoes_no_finished_stage(tmp_path, monkeypatch):
+def test_resume_after_a_crash_redoes_no_finished_stage(tmp_path, monkeypatch, cache_dir):
     import w2s.models.generate as generate_module
     import w2s.train as train_module
+    from w2s.runs import Cache
 
     run_dir = tmp_path / "run"
     args = ["macpo", *TINY, "--run-dir", str(run_dir)]
@@ -294,8 +299,10 @@ def test_resume_after_a_crash_redoes_no_finished_stage(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated kill"):
         main(args)
     assert not (run_dir / "metrics.json").exists()
-    done = json.loads((run_dir / "stages.json").read_text())["stages"]
+    done = {r["stage"] for r in read_jsonl(run_dir / "log.jsonl") if r.get("status") == "finished"}
     assert "iter1/dpo/teacher2" in done and "iter1/dpo/student" not in done
+    kinds = {entry.name.rsplit("-", 1)[0] for entry in Cache(cache_dir).entries()}
+    assert "macpo-iter1-dpo-teacher2" in kinds and "macpo-iter1-dpo-student" not in kinds
     gen_file = run_dir / "iter1" / "gen-student-pos.jsonl"
     before = gen_file.stat().st_mtime_ns
 
@@ -321,8 +328,26 @@ def test_resume_after_a_crash_redoes_no_finished_stage(tmp_path, monkeypatch):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["iterations"][0]["training"]["student"]["steps"] == 2
 
+    # the same command into a new run directory: every stage comes from the cache, and the run
+    # directory holds the same files and figures
+    for made in calls.values():
+        made.clear()
+    again = tmp_path / "again"
+    assert cli(["macpo", *TINY, "--run-dir", str(again)]) == 0
+    assert calls == {"sft": [], "dpo": [], "gen": []}
+    second = json.loads((again / "metrics.json").read_text())
+    assert all(s["cached"] for name, s in second["compute"]["stages"].items() if name != "main")
+    assert (second["win_rate"], second["gold_reward"], second["iterations"]) == (
+        metrics["win_rate"], metrics["gold_reward"], metrics["iterations"])
+    for name in ("iter1/gen-student-pos.jsonl", "iter1/pairs-student.jsonl",
+                 "iter1/judgments-student.jsonl", "init/sft-student-pos.jsonl"):
+        assert read_jsonl(again / name) == read_jsonl(run_dir / name)
+    assert (again / "iter1" / "adapters" / "student-pos.safetensors").read_bytes() == (
+        run_dir / "iter1" / "adapters" / "student-pos.safetensors").read_bytes()
 
-def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, capsys):
+
+def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, capsys,
+                                                                      cache_dir):
     run_dir = tmp_path / "run"
     args = ["macpo", *TINY, "--filter-rule", "threshold", "--max-perplexity", "1.0001",
             "--run-dir", str(run_dir)]

@@ -11,7 +11,7 @@ from w2s.methods.sections import Judging, Lora, Runtime, Sampling, stage_train
 
 FILTER_RULES = ("lowest", "lowest-global", "threshold", "none")
 """How the perplexity filter picks the chosen answers among a learner's candidates (see
-:func:`w2s.methods.macpo.experiment.perplexity_filter`)."""
+:func:`w2s.methods.macpo.pairing.perplexity_filter`)."""
 REFERENCES = ("previous", "base")
 QUANTIZE = ("none", "4bit", "8bit")
 
