@@ -194,6 +194,16 @@ def test_imports_point_down_the_layers(graph):
     assert not bad, "imports that point up the layers:\n" + "\n".join(bad)
 
 
+MAX_LINES = 600
+"""A module longer than this is doing several jobs: split it by what it does."""
+
+
+def test_no_module_is_too_long():
+    long = {str(p.relative_to(ROOT.parent)): n for p in sorted(ROOT.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules longer than {MAX_LINES} lines: {long}"
+
+
 def test_the_checker_sees_every_kind_of_import(tmp_path):
     """A cycle hidden in a function-level import or an import_module string is still found."""
     pkg = tmp_path / "w2s"
