@@ -312,3 +312,15 @@ def test_probe_features_are_the_frozen_bodys_in_order_and_the_head_starts_at_zer
         assert torch.allclose(feats[j], alone.detach(), atol=1e-5), text
     head = linear_head(clf.head.in_features, 2, torch.device("cpu"))
     assert head.bias is None and torch.equal(head(feats), torch.zeros(3, 2))
+
+
+def test_padded_batches_right_left_and_spans():
+    from w2s.models.batching import pad_left, pad_right, spans_mask
+
+    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_left([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == mask.dtype == torch.long
+    # prompt of 2 then a response of 1; prompt of 1 then a response of 2
+    assert spans_mask([2, 1], [3, 3], 4).tolist() == [[0, 0, 1, 0], [0, 1, 1, 0]]

@@ -1,4 +1,5 @@
-"""One padded batch for every method: token-id lists -> right-padded ids and attention mask.
+"""One padded batch for every method: token-id lists -> right-padded ids and attention mask
+(:func:`pad_right`; :func:`pad_left` for generation; :func:`spans_mask` marks the responses).
 
 Every forward pass over examples of different lengths (training, scoring, generation's prompt
 encoding, judges) pads the same way: on the right with the tokenizer's pad id, with a mask of 1
@@ -24,6 +25,19 @@ def pad_right(sequences: Sequence[Sequence[int]], pad_id: int, *, width: int | N
         n = len(seq)
         ids[row, :n] = torch.as_tensor(list(seq), dtype=torch.long)
         mask[row, :n] = 1
+    return ids, mask
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pad_right` mirrored, for generation: the padding comes first, so the last column is
+    every row's last real token (where ``generate`` continues)."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        ids[row, width - n:] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - n:] = 1
     return ids, mask
 
 

@@ -28,6 +28,7 @@ import torch
 
 from w2s import compute
 from w2s.errors import W2SError, did_you_mean
+from w2s.models.batching import pad_left
 from w2s.models.loading import format_chat
 from w2s.models.loading import pad_id as _pad_id
 from w2s.progress import Bar, progress_enabled
@@ -133,12 +134,8 @@ def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
     try:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):  # left padding: the last column is every prompt's end
-                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]):] = 1
+            ids, mask = pad_left([encoded[i] for i in idx], pad_id)
+            width = ids.shape[1]
             with torch.no_grad():
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      **kwargs)

@@ -43,6 +43,7 @@ from transformers import AutoModelForCausalLM
 
 from w2s.data import load_task
 from w2s.errors import W2SError
+from w2s.models.batching import pad_right
 from w2s.models.builders import register_builder
 from w2s.models.loading import format_chat
 from w2s.models.tiny import CORPUS_VERSION, Stage, build_tiny, split_name, tiny_tokenizer
@@ -132,12 +133,7 @@ def _train_stage(st, base: str, previous: Path | None, stage: Stage, texts: list
         model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
 
     def collate(items):
-        width = max(len(ids) for ids in items)
-        x = torch.full((len(items), width), tok.pad_token_id)
-        mask = torch.zeros(len(items), width)
-        for j, ids in enumerate(items):
-            x[j, :len(ids)] = torch.tensor(ids)
-            mask[j, :len(ids)] = 1
+        x, mask = pad_right(items, tok.pad_token_id)
         return {"input_ids": x, "mask": mask}
 
     def loss_fn(m, batch):

@@ -19,9 +19,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from w2s.data.tinyworld import WorldConfig, corpus
+from w2s.models.batching import pad_right, spans_mask
 from w2s.models.tiny import build_tiny, parse_tiny, tiny_tokenizer
 from w2s.runs import Cache, cached_stage
 from w2s.train import TrainConfig, lm_loss, train
@@ -51,12 +50,10 @@ def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
             examples.append((ids, len(tok(row["prompt"]).input_ids)))
 
         def collate(items):
-            width = max(len(ids) for ids, _ in items)
-            x = torch.full((len(items), width), tok.pad_token_id)
-            mask = torch.zeros(len(items), width)
-            for j, (ids, start) in enumerate(items):
-                x[j, :len(ids)] = torch.tensor(ids)
-                mask[j, start:len(ids)] = 1  # score the trait and the full stop, not the name
+            x, _ = pad_right([ids for ids, _ in items], tok.pad_token_id)
+            # score the trait and the full stop, not the name
+            mask = spans_mask([start for _, start in items], [len(ids) for ids, _ in items],
+                              x.shape[1])
             return {"input_ids": x, "mask": mask}
 
         def loss_fn(model, batch):

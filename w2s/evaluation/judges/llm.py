@@ -25,6 +25,7 @@ from w2s.evaluation.judges.base import (
     pairwise_prompt,
 )
 from w2s.models import format_chat, load_causal_lm, response_logprobs
+from w2s.models.batching import pad_right, spans_mask
 
 
 class LocalLMJudge(PairwiseJudge):
@@ -82,14 +83,9 @@ class LocalLMJudge(PairwiseJudge):
         summed = []
         for start in range(0, len(rows), 2 * self.batch_size):
             chunk = rows[start:start + 2 * self.batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            response = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (ids, n_prompt) in enumerate(chunk):
-                input_ids[r, :len(ids)] = torch.tensor(ids)
-                attention[r, :len(ids)] = 1
-                response[r, n_prompt:len(ids)] = 1
+            input_ids, attention = pad_right([ids for ids, _ in chunk], pad)
+            response = spans_mask([n for _, n in chunk], [len(ids) for ids, _ in chunk],
+                                  input_ids.shape[1])
             _, total = response_logprobs(self.model, input_ids.to(device), attention.to(device),
                                          response.to(device))
             summed.extend(total.float().cpu().tolist())

@@ -29,6 +29,7 @@ from w2s.methods.generalize.config import (
     stage_train_config,
     sweep_jobs,
 )
+from w2s.models.batching import pad_right
 from w2s.models.probe import frozen_features, linear_head
 from w2s.runs import Cache, cached_stage, content_hash, write_json
 from w2s.tiny import pretrained_tiny  # w2s.tiny also registers tiny:...+<stage> names
@@ -430,12 +431,7 @@ def _collate(pad_id: int):
         if "features" in items[0]:
             out["features"] = torch.stack([it["features"] for it in items])
             return out
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for j, it in enumerate(items):
-            ids[j, :len(it["input_ids"])] = torch.tensor(it["input_ids"])
-            mask[j, :len(it["input_ids"])] = 1
+        ids, mask = pad_right([it["input_ids"] for it in items], pad_id)
         out.update(input_ids=ids, attention_mask=mask)
         return out
     return collate

@@ -21,6 +21,7 @@ import torch
 from w2s.errors import W2SError
 from w2s.methods.search.cache import CachedLM
 from w2s.methods.search.text import encode_prompt, encode_response
+from w2s.models.batching import pad_right, spans_mask
 from w2s.models.loading import pad_id
 from w2s.models.logprobs import response_logprobs, sequence_logprobs
 
@@ -163,14 +164,9 @@ def score_texts(tuned, untuned, tokenizer, prompts: list[str], texts: list[str],
     out: dict[str, list[float]] = {"tuned": [], "untuned": []}
     for start in range(0, len(seqs), batch_size):
         batch = seqs[start:start + batch_size]
-        width = max(len(p) + len(r) for p, r in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attn = torch.zeros(len(batch), width, dtype=torch.long)
-        resp = torch.zeros(len(batch), width, dtype=torch.long)
-        for i, (p, r) in enumerate(batch):
-            ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-            attn[i, :len(p) + len(r)] = 1
-            resp[i, len(p):len(p) + len(r)] = 1
+        ids, attn = pad_right([p + r for p, r in batch], pad)
+        resp = spans_mask([len(p) for p, _ in batch], [len(p) + len(r) for p, r in batch],
+                          ids.shape[1])
         for name, model in (("tuned", tuned), ("untuned", untuned)):
             dev = next(model.parameters()).device
             with torch.no_grad():
