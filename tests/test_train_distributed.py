@@ -17,6 +17,8 @@ import pytest
 import torch
 from helpers import TOY_SEQUENCES, needs_torchrun, run_processes
 
+from w2s.cache import Cache
+
 pytestmark = needs_torchrun
 
 SCRIPT = textwrap.dedent("""
@@ -98,3 +100,33 @@ def test_two_processes_train_like_one(tmp_path):
     assert (two["dir"] / "saved-by-rank0").read_text() == "xxx"
     assert sorted(p.name for p in (two["dir"] / "ckpt").iterdir()) == ["latest",
                                                                       "step-00000006-done"]
+
+
+STAGE_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import torch.distributed as dist
+    from w2s.cache import Cache, cached_stage
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    cache = Cache(sys.argv[1])
+    for k in range(3):
+        if rank == 1:
+            time.sleep(1.0)  # rank 0 publishes before rank 1 even looks
+        with cached_stage(cache, "stage", k=k) as st:
+            if not st.done:
+                st.publish(lambda folder: (folder / "out.txt").write_text(str(k)))
+        assert (st.path / "out.txt").read_text() == str(k)
+    dist.barrier()
+    dist.destroy_process_group()
+""")
+
+
+def test_the_ranks_of_a_launch_build_a_stage_together(tmp_path):
+    """Rank 0 decides whether a stage is built: a rank that looks after rank 0 published must
+    still take part (publish has a barrier), not skip the stage and deadlock the launch."""
+    script = tmp_path / "stage_script.py"
+    script.write_text(STAGE_SCRIPT)
+    run_processes([str(script), str(tmp_path / "cache")], 2, timeout=120)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith("stage"))\
+        == sorted(Cache(tmp_path / "cache").key("stage", k=k) for k in range(3))

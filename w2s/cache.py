@@ -128,14 +128,34 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def barrier() -> None:
-    """Wait for every process of a distributed launch (a no-op without one)."""
+def _process_group():
+    """``torch.distributed`` when this process is in a launch's process group, else None."""
     try:
         import torch.distributed as dist
     except ImportError:  # pragma: no cover - torch is a core dependency
-        return
-    if dist.is_available() and dist.is_initialized():
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def barrier() -> None:
+    """Wait for every process of a distributed launch (a no-op without one)."""
+    dist = _process_group()
+    if dist is not None:
         dist.barrier()
+
+
+def main_process_says(value: Any) -> Any:
+    """Rank 0's ``value`` on every process of a launch (``value`` itself without one).
+
+    For decisions every rank must take alike, e.g. "is this cache entry there yet?": each rank
+    looking for itself could see rank 0's entry appear between two looks, skip a stage the others
+    build, and leave them waiting in a collective forever."""
+    dist = _process_group()
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +197,10 @@ class Cache:
 
     def path(self, key: str) -> Path:
         return self.root / key
+
+    def progress(self, key: str) -> Path:
+        """``<root>/inprogress/<key>``: where the training of entry ``key`` checkpoints."""
+        return self.root / "inprogress" / key
 
     def get(self, key: str) -> Path | None:
         p = self.path(key)
@@ -298,8 +322,13 @@ class Stage:
     def __init__(self, cache: Cache, key: str):
         self.cache = cache
         self.key = key
-        self.path: Path | None = cache.get(key)
-        self.progress = cache.root / "inprogress" / key
+        # the ranks of a launch build a stage together or not at all: rank 0 decides
+        found = main_process_says(cache.get(key) is not None)
+        self.path: Path | None = cache.get(key) if found else None
+        if found and self.path is None:  # pragma: no cover - ranks that do not share the cache
+            raise W2SError(f"cache entry {key} exists on the main process but not here; every "
+                           "process of a launch must see the same W2S_CACHE folder")
+        self.progress = cache.progress(key)
 
     @property
     def done(self) -> bool:

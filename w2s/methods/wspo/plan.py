@@ -42,7 +42,7 @@ import numpy as np
 
 from w2s.errors import W2SError
 from w2s.methods.wspo.config import WSPOConfig, sampling, stage_train_config, validate
-from w2s.runs import Cache, Stage, content_hash
+from w2s.runs import Cache, content_hash
 
 VERSION = 1
 """Bump to invalidate every WSPO cache entry (a change in how an entry is computed)."""
@@ -420,5 +420,5 @@ def _resume_text(plan: Plan) -> str:
     key = plan.keys.get("strong_train")
     if key is None:
         return ""
-    found = read_checkpoint(Stage(Cache(), key).progress)
+    found = read_checkpoint(Cache().progress(key))
     return f" (resumes at step {found[1]['step']})" if found else ""
