@@ -43,13 +43,13 @@ from transformers import AutoModelForCausalLM
 
 from w2s.data import load_task
 from w2s.errors import W2SError
-from w2s.models.batching import pad_right
 from w2s.models.builders import register_builder
 from w2s.models.loading import format_chat
 from w2s.models.tiny import CORPUS_VERSION, Stage, build_tiny, split_name, tiny_tokenizer
 from w2s.runs import Cache, cached_stage, content_hash
-from w2s.train import TrainConfig, lm_loss, train
+from w2s.train import TrainConfig
 from w2s.train.launch import process_precision
+from w2s.train.lm import train_lm
 
 STAGE_BATCH = 32
 STAGE_LR = 3e-3
@@ -132,19 +132,11 @@ def _train_stage(st, base: str, previous: Path | None, stage: Stage, texts: list
     else:
         model = AutoModelForCausalLM.from_pretrained(previous, dtype=torch.float32)
 
-    def collate(items):
-        x, mask = pad_right(items, tok.pad_token_id)
-        return {"input_ids": x, "mask": mask}
-
-    def loss_fn(m, batch):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["mask"]).logits
-        return lm_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["mask"][:, 1:])
-
     config = TrainConfig(lr=STAGE_LR, batch_size=STAGE_BATCH, micro_batch_size=None,
                          max_steps=stage.steps, scheduler="cosine", warmup_ratio=0.05, seed=0,
                          checkpoint_every=100, mixed_precision=precision)
-    result = train(model, examples, loss_fn=loss_fn, collate=collate, config=config,
-                   checkpoint_dir=st.progress, description=f"tiny {base} +{stage}")
+    result = train_lm(model, examples, tok.pad_token_id, config, checkpoint_dir=st.progress,
+                      description=f"tiny {base} +{stage}")
     if log is not None:
         log({"stage": "tiny-pretrain", "model": base, "corpus": str(stage), "steps": result.steps,
              "final_loss": result.final_loss, "elapsed_s": round(result.elapsed_s, 2)})

@@ -20,11 +20,11 @@ import dataclasses
 from pathlib import Path
 
 from w2s.data.tinyworld import WorldConfig, corpus
-from w2s.models.batching import pad_right, spans_mask
 from w2s.models.tiny import build_tiny, parse_tiny, tiny_tokenizer
 from w2s.runs import Cache, cached_stage
-from w2s.train import TrainConfig, lm_loss, train
+from w2s.train import TrainConfig
 from w2s.train.launch import process_precision
+from w2s.train.lm import train_lm
 
 
 def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
@@ -44,29 +44,16 @@ def pretrained_tiny(name: str, world: WorldConfig, log=None) -> Path:
         if st.done:
             return st.path
         tok = tiny_tokenizer()
-        examples = []
-        for row in corpus(world):
-            ids = tok(row["text"]).input_ids
-            examples.append((ids, len(tok(row["prompt"]).input_ids)))
-
-        def collate(items):
-            x, _ = pad_right([ids for ids, _ in items], tok.pad_token_id)
-            # score the trait and the full stop, not the name
-            mask = spans_mask([start for _, start in items], [len(ids) for ids, _ in items],
-                              x.shape[1])
-            return {"input_ids": x, "mask": mask}
-
-        def loss_fn(model, batch):
-            logits = model(input_ids=batch["input_ids"]).logits
-            return lm_loss(logits[:, :-1], batch["input_ids"][:, 1:], batch["mask"][:, 1:])
-
+        # (ids, start): score the trait and the full stop, not the name that prompts them
+        examples = [(tok(row["text"]).input_ids, len(tok(row["prompt"]).input_ids))
+                    for row in corpus(world)]
         model = build_tiny(spec, seed=world.world_seed)
         config = TrainConfig(lr=world.pretrain_lr, batch_size=world.pretrain_batch,
                              micro_batch_size=None, max_steps=world.pretrain_steps,
                              scheduler="cosine", warmup_ratio=0.05, seed=world.world_seed,
                              checkpoint_every=100, mixed_precision=precision)
-        result = train(model, examples, loss_fn=loss_fn, collate=collate, config=config,
-                       checkpoint_dir=st.progress, description=f"pretrain {spec} on tinyworld")
+        result = train_lm(model, examples, tok.pad_token_id, config, checkpoint_dir=st.progress,
+                          description=f"pretrain {spec} on tinyworld")
         if log is not None:
             log({"stage": "pretrain", "model": name, "steps": result.steps,
                  "final_loss": result.final_loss, "elapsed_s": result.elapsed_s})

@@ -218,7 +218,7 @@ class Experiment:
         from w2s.data import load_task
         from w2s.models import load_causal_lm, resolve_model
         from w2s.models.resolve import model_identity
-        from w2s.train import lm_loss, train
+        from w2s.train.lm import train_lm
 
         cfg = self.cfg
         options = ({"entities": cfg.world.entities, "world_seed": cfg.world.world_seed}
@@ -236,17 +236,11 @@ class Experiment:
             if st.done:
                 return str(st.path)
             model, tok = load_causal_lm(src, dtype=cfg.dtype, device=self.accelerator.device)
-            examples = [_encode(tok, t, cfg.max_ctx) for t in texts]
-
-            def loss_fn(m, batch):
-                logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                mask = batch["attention_mask"][:, 1:]
-                return lm_loss(logits[:, :-1], batch["input_ids"][:, 1:], mask)
-
-            result = train(model, examples, loss_fn=loss_fn, collate=_collate(tok.pad_token_id),
-                           config=tcfg, checkpoint_dir=st.progress, accelerator=self.accelerator,
-                           description="generative fine-tuning",
-                           log=lambda rec: self.log({"stage": "gen_finetune", **rec}))
+            examples = [_encode(tok, t, cfg.max_ctx)["input_ids"] for t in texts]
+            result = train_lm(model, examples, tok.pad_token_id, tcfg,
+                              checkpoint_dir=st.progress, accelerator=self.accelerator,
+                              description="generative fine-tuning",
+                              log=lambda rec: self.log({"stage": "gen_finetune", **rec}))
             self.log({"stage": "gen_finetune", "model": src, "steps": result.steps})
 
             def save(folder: Path) -> None:
