@@ -312,3 +312,28 @@ def test_dpo_loss_equals_trl_dpo_trainer_sigmoid_loss(tmp_path):
     ours = dpo_loss(s[:3], s[3:], r[:3], r[3:], beta=0.1)
     assert abs(theirs - math.log(2)) > 1e-3  # policy and reference differ: not the trivial value
     assert ours.mean().item() == pytest.approx(theirs, abs=1e-5)
+
+
+def test_dpo_starts_at_log_2_with_dropout_off_on_a_dropout_model():
+    """Tiny gpt2 has dropout 0.1 (attention, residual, embeddings). The reference log-probs are
+    scored in eval mode; trained with dropout off (the default, as TRL and the authors do), the
+    policy equals the reference at step 0, so DPO's first loss is -log sigmoid(0) = log 2."""
+    first = {}
+    for off in (True, False):
+        model, tok = load_causal_lm("tiny:gpt2-1x32")
+        assert model.config.resid_pdrop == 0.1
+        config = TrainConfig(lr=1e-3, batch_size=8, micro_batch_size=4, max_steps=1, seed=0,
+                             disable_dropout=off)
+        first[off] = train_dpo(model, tok, ROWS, config, progress=False).losses[0]
+        # the model's own dropout is back after training
+        assert model.transformer.drop.p == 0.1 and model.transformer.h[0].attn.attn_dropout.p == 0.1
+    assert first[True] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(first[False] - math.log(2)) > 1e-3  # dropout noise in the policy's log-probs
+
+
+def test_every_stage_section_can_turn_dropout_off_and_on():
+    from w2s.methods.sections import StageTrain
+
+    assert StageTrain().train_config(seed=0, default_lr=1e-5).disable_dropout is True
+    assert StageTrain(disable_dropout=False).train_config(seed=0, default_lr=1e-5)\
+        .disable_dropout is False

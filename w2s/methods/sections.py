@@ -54,6 +54,9 @@ class StageTrain:
     checkpoint_every: int = option(0, "resumable checkpoint every N steps (0: every epoch)",
                                    min=0)
     gradient_checkpointing: bool = option(False, "recompute activations: less memory, slower")
+    disable_dropout: bool = option(True, "train with dropout off (the authors' and TRL's DPO "
+                                   "practice; DPO then starts at loss log 2); false keeps the "
+                                   "model's own dropout")
 
     def train_config(self, *, seed: int, default_lr: float | None = None,
                      default_epochs: float | None = None, **changes: Any):

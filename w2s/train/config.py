@@ -59,6 +59,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata={
         "help": "save a resumable checkpoint every N optimizer steps; 0 = at the end of each "
                 "epoch (and always at the end)"})
+    disable_dropout: bool = field(default=True, metadata={
+        "help": "train with every dropout probability set to 0, as the openai and deception "
+                "authors, LLaMA-Factory and TRL's DPO do (a DPO loss then starts at log 2); "
+                "false keeps the model's own dropout"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass: less memory, ~30% slower"})
     report_to: str = field(default="none", metadata={

@@ -209,6 +209,23 @@ def _split_output(out: Any, b: int) -> tuple[torch.Tensor, dict[str, torch.Tenso
     return out, extras
 
 
+def _dropout_off(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, float]]:
+    """Set every dropout probability of ``model`` to 0: the ``p`` of its dropout modules and the
+    float ``attention_dropout`` / ``dropout`` rates attention layers apply functionally. Returns
+    ``(module, attribute, old value)`` to restore them."""
+    changed = []
+    for module in model.modules():
+        names = ["p"] if isinstance(module, torch.nn.modules.dropout._DropoutNd) else []
+        names += [n for n in ("attention_dropout", "dropout")
+                  if isinstance(getattr(module, n, None), float)]
+        for name in names:
+            old = getattr(module, name)
+            if old:
+                changed.append((module, name, old))
+                setattr(module, name, 0.0)
+    return changed
+
+
 def _takes_step(loss_fn: Callable) -> bool:
     """Whether ``loss_fn`` has a third positional parameter (for the :class:`Step`)."""
     try:
@@ -293,6 +310,7 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     # training (scoring, generation, often on one rank) needs no collectives; it gets the
     # trained weights at the end (backend.finish)
     target, model = model, backend.copy_for_training(model)
+    dropout = _dropout_off(model) if config.disable_dropout else []
     backend.configure(plan, config)
     if config.gradient_checkpointing:
         _checkpointing(model, on=True)
@@ -403,6 +421,8 @@ def train(model: torch.nn.Module, examples: Sequence, *, loss_fn: Callable, coll
     finally:
         bar.stop()
         model.train(was_training)
+        for module, name, p in dropout:  # the model's own dropout again, for whoever trains next
+            setattr(module, name, p)
         if config.gradient_checkpointing:
             _checkpointing(model, on=False)
         accelerator.unwrap_model(backend.wrapped, keep_fp32_wrapper=False)  # undo autocast
