@@ -153,22 +153,34 @@ def logconf_threshold(p0: torch.Tensor, positive_rate: float | torch.Tensor) -> 
     return torch.quantile(p0.float(), q)
 
 
+def logconf_hard_labels(p0: torch.Tensor, weak_p1: torch.Tensor,
+                        buffer: deque | None = None) -> torch.Tensor:
+    """The student's hardened labels ``[B, 2]`` (no gradient): class 1 where ``p0 < t``, ``t``
+    the :func:`logconf_threshold` of the pool's ``p0`` at the POOL's weak positive rate.
+
+    The pool is the batch, plus (``buffer``) the recent examples: a micro-batch of 2 says little
+    about a quantile (EleutherAI/w2s keeps the last 32). The rate and the quantile must come from
+    the same pool: a rate from the micro-batch alone, with the quantile over the buffer, makes the
+    student's "own" labels copy the weak ones (with micro-batches of 1, every hardened label IS the
+    weak label's class). ``buffer`` holds ``[p0, weak_p1]`` pairs; it is updated in place.
+    """
+    pool_p0, pool_q = p0, weak_p1
+    if buffer is not None:
+        if len(buffer):
+            past = torch.stack(list(buffer)).to(p0.device)
+            pool_p0, pool_q = torch.cat([past[:, 0], p0]), torch.cat([past[:, 1], weak_p1])
+        buffer.extend(torch.stack([p0, weak_p1], dim=1).cpu())
+    t = logconf_threshold(pool_p0, pool_q.mean())
+    return torch.stack([(p0 >= t), (p0 < t)], dim=1).float()
+
+
 def logconf_losses(logits: torch.Tensor, weak_probs: torch.Tensor, step: int, total_steps: int,
                    aux_alpha: float = 0.5, warmup_frac: float = 0.2,
                    buffer: deque | None = None) -> torch.Tensor:
     """Auxiliary-confidence loss per example, [B] (see :func:`logconf_loss`)."""
     _check_pair(logits, weak_probs)
     p0 = torch.softmax(logits.float(), dim=-1)[:, 0].detach()
-    q = weak_probs.float()[:, 1].mean()
-    # The quantile of a batch of 2 says little: with a buffer, take it over the recent
-    # predictions as well (EleutherAI/w2s keeps the last 32).
-    pool = p0
-    if buffer is not None:
-        if len(buffer):
-            pool = torch.cat([torch.stack(list(buffer)).to(p0.device), p0])
-        buffer.extend(p0.cpu())
-    t = logconf_threshold(pool, q)
-    hard = torch.stack([(p0 >= t), (p0 < t)], dim=1).float()  # stop-gradient: built from p0
+    hard = logconf_hard_labels(p0, weak_probs.float()[:, 1].detach(), buffer)
     a = logconf_alpha(step, total_steps, aux_alpha, warmup_frac)
     target = (1.0 - a) * weak_probs.float() + a * hard
     return _soft_xent(logits, target)
@@ -188,8 +200,9 @@ def logconf_loss(logits: torch.Tensor, weak_probs: torch.Tensor, step: int, tota
         a  = aux_alpha * min(1, step / (warmup_frac * total_steps))   (:func:`logconf_alpha`)
         loss = CE(logits, (1 - a) * weak_probs + a * y_hat)
 
-    ``buffer``: an optional ``collections.deque(maxlen=32)`` of recent ``p0`` values that joins
-    the batch for the quantile when micro-batches are too small for one; it is updated in place.
+    ``buffer``: an optional ``collections.deque(maxlen=32)`` of recent examples that joins the
+    batch for the quantile AND the weak positive rate when micro-batches are too small for one
+    (:func:`logconf_hard_labels`); it is updated in place.
     """
     return logconf_losses(logits, weak_probs, step, total_steps, aux_alpha, warmup_frac,
                           buffer).mean()

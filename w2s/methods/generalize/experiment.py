@@ -275,7 +275,8 @@ class Experiment:
                  "labels": content_hash([[round(p, 6) for p in t] for t in targets]),
                  "loss": loss, "loss_params": loss_params, "train": dataclasses.asdict(tcfg),
                  "seed": seed, "test": data["fingerprints"]["test"],
-                 "b": data["fingerprints"]["b"], "dtype": self.dtype, "version": 1}
+                 "b": data["fingerprints"]["b"], "dtype": self.dtype,
+                 "version": 2}  # 2: logconf pools its weak positive rate like its quantile
         what = {"model": name, "role": role, "loss": loss, "seed": seed, "n_train": len(rows)}
         with cached_stage(self.cache, f"generalize-{role}-{loss}", label or role, **parts) as st:
             self.log({"stage": "fit", "cached": st.done, "cache_key": st.key, **what})
