@@ -79,6 +79,14 @@ def test_sweep_trains_each_ceiling_once_and_reuses_the_cache(tmp_path, cache_dir
     # or 2x32 itself is skipped with a note)
     assert "tiny:llama-1x32->tiny:llama-2x32" in pairs
     assert all(len(row["pgr_per_seed"]) == 2 for row in metrics["pgr_table"])
+    # undefined experiments are counted, not dropped silently; the spread covers the defined ones
+    pgrs = [e["pgr"] for e in metrics["experiments"]]
+    assert metrics["pgr_undefined_experiments"] == sum(p is None for p in pgrs)
+    assert all(row["undefined_seeds"] == sum(p is None for p in row["pgr_per_seed"])
+               for row in metrics["pgr_table"])
+    defined = [p for p in pgrs if p is not None]
+    assert (metrics["pgr_experiments_low"], metrics["pgr_experiments_high"]) == (
+        (min(defined), max(defined)) if defined else (None, None))
     n_pairs = len({(e["models"][0], e["models"][1]) for e in metrics["experiments"]})
     weak_models = len({e["models"][0] for e in metrics["experiments"]})
     strong_models = len({e["models"][1] for e in metrics["experiments"]})

@@ -55,6 +55,18 @@ def test_bootstrap_ci_narrows_with_more_data():
     assert width(4000) < width(200)
 
 
+def test_bootstrap_says_when_its_interval_is_conditional():
+    # the gap (ceiling 0.9 vs weak 0.5 on 10 examples) is positive in (almost) every resample
+    wide = bootstrap_pgr([1] * 5 + [0] * 5, [1] * 7 + [0] * 3, [1] * 9 + [0], n_boot=2000, seed=0)
+    # a gap of 1 example in 10: many resamples have ceiling <= weak, and cannot enter the CI
+    weak, ceil = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    thin = bootstrap_pgr(weak, ceil, ceil, n_boot=2000, seed=0)
+    assert thin["pgr"] == pytest.approx(1.0)
+    assert thin["n_boot_undefined"] > 200 and thin["ci_conditional"] is True
+    assert wide["ci_conditional"] is (wide["n_boot_undefined"] > 0)
+    assert wide["n_boot_undefined"] < thin["n_boot_undefined"]
+
+
 def test_bootstrap_undefined_point():
     out = bootstrap_pgr([1, 1, 0], [1, 0, 0], [1, 0, 0])
     assert out["pgr"] is None and out["ci_low"] is None and out["reason"]

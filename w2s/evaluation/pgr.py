@@ -66,9 +66,11 @@ def bootstrap_pgr(weak_correct: Sequence, w2s_correct: Sequence, ceiling_correct
                   n_boot: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
     """PGR with a paired bootstrap confidence interval from per-example correctness.
 
-    Returns ``{"pgr", "reason", "ci_low", "ci_high", "ci", "n", "n_boot", "n_boot_undefined",
-    "weak_acc", "w2s_acc", "strong_ceiling_acc"}``. Resamples where PGR is undefined are
-    dropped from the interval and counted in ``n_boot_undefined``.
+    Returns ``{"pgr", "reason", "ci_low", "ci_high", "ci", "ci_conditional", "n", "n_boot",
+    "n_boot_undefined", "weak_acc", "w2s_acc", "strong_ceiling_acc"}``. Resamples where PGR is
+    undefined (the strong ceiling not above the weak model) cannot enter the interval: they are
+    counted in ``n_boot_undefined``, and ``ci_conditional`` is then True: the interval is that of
+    PGR GIVEN a positive gap, narrower than the truth where the gap itself is uncertain.
     """
     w = _as_bool_array("weak", weak_correct)
     s = _as_bool_array("w2s", w2s_correct)
@@ -79,7 +81,8 @@ def bootstrap_pgr(weak_correct: Sequence, w2s_correct: Sequence, ceiling_correct
     n = len(w)
     value, reason = pgr_with_reason(w.mean(), s.mean(), c.mean())
     out: dict[str, Any] = {"pgr": value, "reason": reason, "ci_low": None, "ci_high": None,
-                           "ci": ci, "n": n, "n_boot": n_boot, "n_boot_undefined": 0,
+                           "ci": ci, "ci_conditional": False, "n": n, "n_boot": n_boot,
+                           "n_boot_undefined": 0,
                            "weak_acc": float(w.mean()), "w2s_acc": float(s.mean()),
                            "strong_ceiling_acc": float(c.mean())}
     if value is None or n_boot <= 0:
@@ -91,6 +94,7 @@ def bootstrap_pgr(weak_correct: Sequence, w2s_correct: Sequence, ceiling_correct
     ok = gap > 0
     boot = (sa[ok] - wa[ok]) / gap[ok]
     out["n_boot_undefined"] = int((~ok).sum())
+    out["ci_conditional"] = out["n_boot_undefined"] > 0
     if boot.size:
         alpha = (1.0 - ci) / 2
         out["ci_low"], out["ci_high"] = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))

@@ -181,6 +181,7 @@ class Experiment:
                   figures["strong_ceiling_acc"], "w2s_acc": figures["w2s_acc"],
                   "pgr": figures["pgr"], "pgr_ci_low": figures["ci_low"],
                   "pgr_ci_high": figures["ci_high"], "pgr_reason": figures["reason"],
+                  "pgr_ci_undefined_resamples": figures["n_boot_undefined"],
                   "n_test": figures["n"], "weak_label_acc_on_b": _acc(weak["b"], data["b"]),
                   "chain": links, "stages": {"weak": _details(weak),
                                              "strong_ceiling": _details(ceiling),
@@ -460,14 +461,21 @@ def summarize(results: list[dict], cfg: GeneralizeConfig, run) -> dict:
     first = results[0]
     metrics: dict[str, Any] = {"task": cfg.task, "loss": cfg.loss, "mode": cfg.mode}
     keys = ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr", "pgr_ci_low", "pgr_ci_high",
-            "pgr_reason")
+            "pgr_reason", "pgr_ci_undefined_resamples")
     if len(results) == 1:
         metrics.update({k: first[k] for k in keys})
     else:
         for k in ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr"):
             values = [r[k] for r in results if r[k] is not None]
             metrics[k] = statistics.median(values) if values else None
-        metrics.update(pgr_ci_low=None, pgr_ci_high=None,
+        # a sweep's interval is over its experiments (seeds, pairs): their spread, counted
+        # with the experiments where PGR is undefined rather than without them
+        pgrs = [r["pgr"] for r in results if r["pgr"] is not None]
+        undefined = len(results) - len(pgrs)
+        metrics.update(pgr_ci_low=None, pgr_ci_high=None, pgr_ci_undefined_resamples=None,
+                       pgr_experiments_low=min(pgrs) if pgrs else None,
+                       pgr_experiments_high=max(pgrs) if pgrs else None,
+                       pgr_undefined_experiments=undefined,
                        pgr_reason=None if metrics["pgr"] is not None else
                        "undefined in every experiment of the sweep")
     table = []
@@ -481,7 +489,8 @@ def summarize(results: list[dict], cfg: GeneralizeConfig, run) -> dict:
                       "median_strong_ceiling_acc": statistics.median(
                           r["strong_ceiling_acc"] for r in rows),
                       "median_w2s_acc": statistics.median(r["w2s_acc"] for r in rows),
-                      "pgr_per_seed": [r["pgr"] for r in rows]})
+                      "pgr_per_seed": [r["pgr"] for r in rows],
+                      "undefined_seeds": sum(r["pgr"] is None for r in rows)})
     metrics["pgr_table"] = table
     metrics["experiments"] = results
     metrics["trained_models"] = sum(r["trained_models"] for r in results)
