@@ -64,7 +64,9 @@ class WSPOConfig:
                        "fine-tuning (reference = the initial model's log-probs, precomputed); "
                        "for the weak DPO and WSPO alike", choices=list(MODES))
     lora: Lora = section(Lora, "lora: the adapters", inline=True, drop=("lora_targets",))
-    beta: float = option(0.1, "weak DPO: beta (strength of the KL anchor to --weak)", above=0)
+    beta: float = option(0.1, "weak DPO: beta (strength of the KL anchor to --weak); 0.1 is "
+                         "TRL's default, the WSPO authors' example config uses 0.01 (the paper "
+                         "recipes do)", above=0)
     max_len: int = option(1024, "tokens per prompt + response: prompts are cut from the left "
                           "(keeping half), then responses from the right", min=8)
     chat: bool = option(True, "wrap prompts in the model's chat template when its tokenizer has "
