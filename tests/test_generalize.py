@@ -261,13 +261,18 @@ def test_recipes_parse_and_resolve(recipe):
     assert plan["chains"] and plan["seeds"]
 
 
-def test_generative_finetuning_runs_before_classification(tmp_path, cache_dir):
+@pytest.mark.parametrize("which, tuned", [("strong", ["tiny:llama-2x32"]),
+                                          ("all", ["tiny:llama-1x32", "tiny:llama-2x32"])])
+def test_generative_finetuning_runs_before_classification(tmp_path, cache_dir, which, tuned):
+    """Burns et al. fine-tune the strong model generatively (the default); `all` adds the weak
+    supervisor."""
     run_dir = tmp_path / "gen"
     assert cli(["generalize", *TINY, "--task", "toy-sentiment", "--gen-finetune",
-                "--gen-epochs", "0.25", "--run-dir", str(run_dir)]) == 0
+                "--gen-epochs", "0.25", "--gen-finetune-models", which,
+                "--run-dir", str(run_dir)]) == 0
     done = [r for r in read_jsonl(run_dir / "log.jsonl")
             if r.get("stage") == "gen_finetune" and "model" in r]
-    assert [r["model"] for r in done] == ["tiny:llama-1x32", "tiny:llama-2x32"]
+    assert [r["model"] for r in done] == tuned
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
 
 

@@ -54,6 +54,10 @@ class GeneralizeConfig:
     gen_finetune: bool = option(False, "LM fine-tuning on the task's unlabeled texts before "
                                 "classification")
     gen_epochs: float = option(1.0, "gen_finetune: epochs of LM fine-tuning", above=0)
+    gen_finetune_models: str = option(
+        "strong", "gen_finetune: which models get it: strong (the strong student and the strong "
+        "ceiling, as Burns et al.) or all (the weak supervisor and a chain's middle links too)",
+        choices=["strong", "all"])
     eval_batch_size: int = option(32, "examples per forward pass when predicting", min=2)
     n_boot: int = option(1000, "bootstrap resamples for the PGR confidence interval (0: none)",
                          min=0)

@@ -82,7 +82,7 @@ class Experiment:
         # the weights' dtype (auto resolved on this device): a part of every cache key
         self.dtype = str(pick_dtype(cfg.dtype, self.accelerator.device)).removeprefix("torch.")
         self.trained = 0  # models trained (not found in the cache) by this invocation
-        self._sources: dict[str, str] = {}
+        self._sources: dict[tuple[str, bool], str] = {}
 
     def log(self, record: dict) -> None:
         if self.run is not None:
@@ -194,24 +194,27 @@ class Experiment:
         return result
 
     # ---- models ------------------------------------------------------------------------------
-    def source(self, name: str) -> str:
-        """Where to load ``name`` from: itself, or (tinyworld) its pretrained copy, then
-        (gen_finetune) its copy LM-fine-tuned on the task texts. Cached, so built once."""
-        if name in self._sources:
-            return self._sources[name]
+    def source(self, name: str, role: str = "strong") -> str:
+        """Where to load ``name`` from, in ``role`` (weak / strong): itself, or (tinyworld) its
+        pretrained copy, then (gen_finetune, for the roles ``gen_finetune_models`` names) its
+        copy LM-fine-tuned on the task texts. Cached, so built once."""
+        cfg = self.cfg
+        generative = cfg.gen_finetune and (cfg.gen_finetune_models == "all" or role == "strong")
+        if (name, generative) in self._sources:
+            return self._sources[(name, generative)]
         src = name
-        if self.cfg.task == "tinyworld" and name.startswith("tiny:"):
-            src = str(pretrained_tiny(name, self.cfg.world, log=self.log))
-        if self.cfg.gen_finetune:
+        if cfg.task == "tinyworld" and name.startswith("tiny:"):
+            src = str(pretrained_tiny(name, cfg.world, log=self.log))
+        if generative:
             src = self._gen_finetuned(src)
-        self._sources[name] = src
+        self._sources[(name, generative)] = src
         return src
 
-    def _model_id(self, name: str) -> dict:
+    def _model_id(self, name: str, role: str = "strong") -> dict:
         from w2s.models import resolve_model
         from w2s.models.resolve import model_identity
 
-        return {"name": name, **model_identity(resolve_model(self.source(name)))}
+        return {"name": name, **model_identity(resolve_model(self.source(name, role)))}
 
     def _gen_finetuned(self, src: str) -> str:
         """The model LM-fine-tuned on the task's training texts (no labels): Burns et al.'s
@@ -265,12 +268,12 @@ class Experiment:
 
         cfg = self.cfg
         stage = cfg.weak_train if role == "weak" else cfg.strong_train
-        source = self.source(name)
+        source = self.source(name, role)
         default_lr = PROBE_LR if cfg.mode == "probe" else resolve_model(source).default_lr
         tcfg = stage_train_config(stage, default_lr, seed)
         loss_params = ({"aux_alpha": cfg.aux_alpha, "warmup_frac": cfg.warmup_frac}
                        if loss == "logconf" else {})
-        parts = {"model": self._model_id(name), "mode": cfg.mode, "max_ctx": cfg.max_ctx,
+        parts = {"model": self._model_id(name, role), "mode": cfg.mode, "max_ctx": cfg.max_ctx,
                  "lora": [cfg.lora_r, cfg.lora_alpha] if cfg.mode == "lora" else None,
                  "rows": content_hash([[r["id"], r["text"]] for r in rows]),
                  "labels": content_hash([[round(p, 6) for p in t] for t in targets]),
@@ -303,7 +306,7 @@ class Experiment:
         from w2s.train import train
 
         cfg = self.cfg
-        source = self.source(name)
+        source = self.source(name, role)
         model, tok = self._classifier(source, seed)
         self._pad_id = tok.pad_token_id
         texts = [r["text"] for r in rows + data["test"] + data["b"]]
