@@ -363,6 +363,10 @@ def test_token_level_needs_one_tokenizer_sequence_level_does_not(tmp_path, cache
     m = metrics_of(run_dir)
     assert m["granularity"] == "sequence" and m["training"]["steps"] == 3
     assert m["win_rate"] is not None
+    assert "not the paper's" in m["variant"]  # an extension: labelled wherever it is reported
+    from w2s.evaluation.report import load_run, table_rows
+
+    assert "not the paper's" in table_rows([load_run(run_dir)])[0]["method"]
 
 
 def test_plan_refuses_in_python_too():

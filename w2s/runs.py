@@ -64,6 +64,9 @@ SCHEMA_KEYS = ("method", "status", "headline", "gold_reward", "baseline_gold_rew
 
 Naming rule for undefined figures: a headline figure or gold reward that is null comes with
 ``<key>_reason``, a sentence saying why (:func:`null_reason` reads it).
+
+Optional: ``variant``, a short label when the run's figures are NOT the paper's (a w2s
+extension, e.g. WSPO's sequence-level loss); ``w2s report`` shows it beside the method.
 """
 
 

@@ -64,7 +64,7 @@ def _pairs(path: Path, metrics: dict) -> dict[str, dict]:
 
 
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
-    """One run directory -> ``{"run", "name", "method", "status", "headline" ({key: value} of
+    """One run directory -> ``{"run", "name", "method", "variant", "status", "headline" ({key: value} of
     the method's headline figures), "pgr", "win_rate", "win_rate_se", "figures", "pairs",
     "iterations", "gold", "baseline_gold", "decoders"}``, read from the shared metrics.json
     schema (:data:`w2s.runs.SCHEMA_KEYS`)."""
@@ -95,7 +95,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
                  for name, d in decoders.items() if isinstance(d, dict)}
                 if isinstance(decoders, dict) else {})
     return {"run": str(path), "name": path.name, "method": metrics.get("method"),
-            "status": metrics.get("status", "ok"),
+            "variant": metrics.get("variant"), "status": metrics.get("status", "ok"),
             "headline": {k: _number(metrics.get(k)) for k in headline},
             "pgr": _number(metrics.get("pgr")), "win_rate": _number(metrics.get("win_rate")),
             "win_rate_se": _number(metrics.get("win_rate_se")), "figures": figures,
@@ -128,7 +128,8 @@ def table_rows(runs: list[dict], headline: list[str] | tuple[str, ...] | None = 
     keys = columns(runs, headline)[3:-1]
     for r in runs:
         figures = {k: v for k, v in r["figures"].items() if k not in keys}
-        row = {"run": r["name"], "method": fmt(r["method"]), "status": fmt(r["status"])}
+        method = fmt(r["method"]) + (f" ({r['variant']})" if r.get("variant") else "")
+        row = {"run": r["name"], "method": method, "status": fmt(r["status"])}
         for key in keys:
             value = r["headline"].get(key, r.get(key) if key in ("pgr", "win_rate") else None)
             row[key] = win_rate_cell(r) if key == "win_rate" else fmt(value)

@@ -41,6 +41,11 @@ from w2s.runs import Cache, Stage, cached_stage
 # cached per-token values
 
 
+SEQUENCE_VARIANT = ("sequence level: a w2s extension (length-normalised sequence log-ratios), "
+                    "not the paper's token-level loss")
+"""metrics.json's ``variant`` (shown by ``w2s report``) of a ``--granularity sequence`` run."""
+
+
 def scored_count(item) -> int:
     """Response tokens the log-prob helper scores: all of them, except a first token that has no
     context (a response starting at position 0)."""
@@ -324,6 +329,8 @@ class Pipeline:
         record["target_log_ratio"] = last.get("target_log_ratio")
         return {
             **config_summary(cfg),
+            # the sequence-level loss is w2s's extension: its figures are not the paper's
+            "variant": None if cfg.granularity == "token" else SEQUENCE_VARIANT,
             "win_rate": wr["win_rate"], "win_rate_se": wr["win_rate_se"],
             "lc_win_rate": wr["lc_win_rate"], "wins": wr["wins"], "ties": wr["ties"],
             "losses": wr["losses"], "n_pairs": wr["n"],
