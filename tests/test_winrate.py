@@ -255,3 +255,19 @@ def test_cli_empty_file_is_one_line(tmp_path, capsys):
                            capsys)
     assert code == 2 and "no rows" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_win_rate_se_is_clustered_by_prompt():
+    from w2s.evaluation import win_rate
+
+    prefs = [2, 2, 1, 1]  # scores 100, 100, 0, 0: mean 50
+    plain = win_rate(prefs)[1]
+    assert plain == pytest.approx(math.sqrt(4 * 50 ** 2 / 3) / 2)  # 28.87
+    # one judgment per prompt: the clustered SE is exactly the plain one
+    assert win_rate(prefs, clusters=["a", "b", "c", "d"])[1] == pytest.approx(plain)
+    # two prompts, each answered twice the same way: 2 independent units, not 4
+    # sums of deviations per prompt: +100, -100 -> sqrt(2 / 1 * 20000) / 4 = 50
+    assert win_rate(prefs, clusters=["a", "a", "b", "b"]) == pytest.approx((50.0, 50.0))
+    assert math.isnan(win_rate(prefs, clusters=["a"] * 4)[1])
+    with pytest.raises(W2SError, match="3 clusters for 4 preferences"):
+        win_rate(prefs, clusters=["a", "b", "c"])

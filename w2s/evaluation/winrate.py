@@ -58,18 +58,32 @@ def _preferences(preferences: Sequence[float]) -> np.ndarray:
     return arr
 
 
-def win_rate(preferences: Sequence[float]) -> tuple[float, float]:
+def win_rate(preferences: Sequence[float], clusters: Sequence[Any] | None = None
+             ) -> tuple[float, float]:
     """``(win rate, standard error)``, both in percentage points.
 
     win rate = mean((p - 1) * 100); standard error = sample std (ddof=1) / sqrt(n), NaN for n = 1
     (one judgment says nothing about its spread).
+
+    ``clusters`` (e.g. each judgment's prompt): judgments of one cluster are not independent
+    (several samples answer one prompt), so the standard error is the cluster-robust one,
+    ``sqrt(G / (G - 1) * sum_c (sum_{i in c} (x_i - mean))^2) / n`` over G clusters: with one
+    judgment per cluster it is exactly the plain one; NaN for one cluster.
 
     >>> win_rate([2, 2, 1, 1.5])[0]
     62.5
     """
     scores = (_preferences(preferences) - 1.0) * 100.0
     n = scores.size
-    se = float(scores.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    if clusters is None:
+        se = float(scores.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+        return float(scores.mean()), se
+    if len(clusters) != n:
+        raise W2SError(f"{len(clusters)} clusters for {n} preferences; give one per judgment")
+    _, group = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    sums = np.bincount(group, weights=scores - scores.mean())
+    g = sums.size
+    se = float(math.sqrt(g / (g - 1) * float((sums ** 2).sum())) / n) if g > 1 else float("nan")
     return float(scores.mean()), se
 
 
@@ -319,12 +333,15 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
     pairing = pair_generations(candidate_rows, baseline_rows)
     judge = build_judge(judge, cache=cache, **judge_options)
     prefs, rows = _judge_pairs(judge, pairing.pairs)
-    value, se = win_rate(prefs)
+    # several answers to one prompt are not independent: the standard error is clustered by
+    # prompt, and the length-controlled fit's instruction effects are keyed by prompt
+    prompts = [r["prompt"] for r in rows]
+    value, se = win_rate(prefs, clusters=prompts)
     metrics: dict[str, Any] = {"win_rate": value, "win_rate_se": se if se == se else None,
+                               "n_prompts": len(set(prompts)),
                                **outcome_counts(prefs), "unmatched": pairing.report()}
     fit, reason = lc_win_rate_with_reason(prefs, [r["candidate_length"] for r in rows],
-                                          [r["baseline_length"] for r in rows],
-                                          [r["id"] for r in rows])
+                                          [r["baseline_length"] for r in rows], prompts)
     metrics["lc_win_rate"] = fit["lc_win_rate"] if fit else None
     metrics["lc_win_rate_reason"] = reason
     metrics["lc_length_coef"] = fit["length_coef"] if fit else None
