@@ -381,7 +381,8 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                   "gen_finetune_models launcher "
                   "lora_alpha lora_r loss max_ctx mode n_boot n_test n_train run_dir seed seeds "
                   "strong strong_train task warmup_frac weak weak_train workers world",
-    "search": "api_max_retries api_timeout base bon_n chat decoder device dtype eft_beta judge "
+    "search": "api_max_retries api_timeout base base_prompt bon_n chat decoder device dtype "
+              "eft_beta judge "
               "judge_batch_size k l max_new_tokens n_prompts prefix_words prompt_batch run_dir "
               "score_batch_size seed shard split task temperature top_k top_p tuned untuned w",
     "wspo": "backend beta chat dry_run dtype gamma gen_batch_size granularity judge lora_alpha "

@@ -163,6 +163,22 @@ def test_incremental_guide_score_equals_from_scratch(chat):
     assert min(abs(s) for s in ref["score"]) > 1e-3       # two different guides: V is not 0
 
 
+def test_the_base_reads_its_template_and_the_guides_the_raw_prompt():
+    """The authors' IMDB base reads 'Here is a movie review from imdb: <prompt>' while the
+    guides score the continuation of the raw prompt."""
+    base_model, base_tok = tiny("llama-1x32", seed=0)
+    template = "Here is a movie review from imdb: {prompt}"
+    base = HFBase(base_model, base_tok, chat=False, template=template)
+    base.start(PROMPTS[:2], [0, 1])
+    for row, prompt in enumerate(PROMPTS[:2]):
+        read = base.lm.tokens[row]
+        assert read == encode_prompt(base_tok, template.replace("{prompt}", prompt), False)
+        assert read != encode_prompt(base_tok, prompt, False)
+    plain = HFBase(base_model, base_tok, chat=False)
+    plain.start(PROMPTS[:1], [0])
+    assert plain.lm.tokens[0] == encode_prompt(base_tok, PROMPTS[0], False)
+
+
 def test_scoring_across_tokenizers_round_trips_the_text():
     base_model, base_tok = tiny("llama-1x32", seed=0)          # one byte per token
     gtok = bpe_tokenizer()                                      # merges: words are tokens
@@ -442,6 +458,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
         (["--base", other, "--decoder", "cbs,eft"], "needs one vocabulary"),
         (["--tuned", ""], "give the tuned guide"),
         (["--decoder", "beam"], "must be one of"),
+        (["--base-prompt", "Review: "], "has no {prompt}"),
     ]
     for extra, message in cases:
         run_dir = tmp_path / "run"

@@ -28,15 +28,23 @@ from w2s.models.generate import SamplingConfig
 from w2s.models.loading import pad_id
 
 
+def base_text(template: str, prompt: str) -> str:
+    """What the base model reads of ``prompt``: ``template`` with ``{prompt}`` replaced (the
+    guides read the raw prompt). The W2S search authors' IMDB base reads
+    ``Here is a movie review from imdb: {prompt}``."""
+    return template.replace("{prompt}", prompt)
+
+
 class HFBase:
     """A local causal LM sampling rows chunk by chunk from one reorderable KV cache."""
 
     kind = "hf"
 
-    def __init__(self, model, tokenizer, *, chat: bool):
+    def __init__(self, model, tokenizer, *, chat: bool, template: str = "{prompt}"):
         self.model = model
         self.tokenizer = tokenizer
         self.chat = chat
+        self.template = template  # what the base reads of each prompt (see base_prompt)
         self.stop = eos_ids(model, tokenizer)
         pad = pad_id(tokenizer)
         self.lm = CachedLM(model, pad)
@@ -48,7 +56,8 @@ class HFBase:
         self.tokens_sampled = 0
         self.prompts = prompts
         self.row_prompt = list(rows)
-        self.lm.start([encode_prompt(self.tokenizer, p, self.chat) for p in prompts])
+        self.lm.start([encode_prompt(self.tokenizer, base_text(self.template, p), self.chat)
+                       for p in prompts])
         self.lm.select(rows)
         self.response: list[list[int]] = [[] for _ in rows]
         self.finished = [False] * len(rows)
@@ -125,7 +134,8 @@ class ApiBase:
     KEY_ENV_VARS = ("W2S_API_KEY", "OPENAI_API_KEY")
 
     def __init__(self, spec: str, *, timeout: float = 60.0, max_retries: int = 3,
-                 backoff: float = 1.0):
+                 backoff: float = 1.0, template: str = "{prompt}"):
+        self.template = template  # what the base reads of each prompt (see base_prompt)
         self.url, self.model = parse_api_base(spec)
         self.client = ApiClient(self.url, what="api base", key_env_vars=self.KEY_ENV_VARS,
                                 timeout=timeout, max_retries=max_retries, backoff=backoff)
@@ -173,7 +183,7 @@ class ApiBase:
     # -- the base-model interface --------------------------------------------------------------
     def start(self, prompts: list[str], rows: list[int]) -> None:
         self.tokens_sampled = 0
-        self.prompts = prompts
+        self.prompts = [base_text(self.template, p) for p in prompts]
         self.row_prompt = list(rows)
         self.text = ["" for _ in rows]
         self.written = [0] * len(rows)

@@ -37,6 +37,10 @@ class SearchConfig:
     task: str = option("imdb-prompts", "prompts task (`w2s tasks`), local:PATH, or a "
                        "classification / preference task (its texts' opening words, its prompts)")
     split: str = option("test", "split the prompts come from")
+    base_prompt: str = option("{prompt}", "what the BASE model reads of each prompt: a template "
+                              "with {prompt}; the guides always read the raw prompt (the "
+                              "authors' IMDB base reads 'Here is a movie review from imdb: "
+                              "{prompt}')")
     n_prompts: int = option(200, "prompts decoded (a seeded sample of the split)", min=1)
     shard: str = option("", "decode only shard I of N of the prompts, as I/N (0-based, e.g. "
                         "0/8): one run per GPU, then `w2s eval winrate` over the joined "
@@ -70,8 +74,11 @@ class SearchConfig:
 
     def check(self) -> None:
         """The rules across fields: ``l`` is a chunk length (:func:`parse_chunk`), ``shard``
-        empty or I/N (:func:`parse_shard`)."""
+        empty or I/N (:func:`parse_shard`), ``base_prompt`` holding ``{prompt}``."""
         parse_chunk(self.l)
+        if "{prompt}" not in self.base_prompt:
+            raise W2SError(f"--base-prompt {self.base_prompt!r} has no {{prompt}}; write where "
+                           "the prompt goes, e.g. 'Here is a movie review from imdb: {prompt}'")
         if self.shard:
             parse_shard(self.shard)
 

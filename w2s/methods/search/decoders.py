@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from w2s.methods.search.base import base_text
 from w2s.methods.search.cache import CachedLM
 from w2s.methods.search.guide import Guide
 from w2s.methods.search.text import encode_prompt, eos_ids, sample_next
@@ -234,7 +235,7 @@ def plain_sample(base, prompts: list[str], *, max_new_tokens: int, sampling: Sam
 
 def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: float,
         max_new_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None, chat: bool,
-        compute: Compute | None = None) -> tuple[list[dict], list[list[list[dict]]]]:
+        compute: Compute | None = None, base_template: str = "{prompt}") -> tuple[list[dict], list[list[list[dict]]]]:
     """Emulated fine-tuning: sample each token from
     ``log p_base + beta * (log p_tuned - log p_untuned)`` (then temperature, top-k, top-p).
 
@@ -250,7 +251,8 @@ def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: f
     pad = pad_id(base_tokenizer)
     lms = {"base": CachedLM(base_model, pad), **guide.lms}
     with clock("base"):
-        lms["base"].start([encode_prompt(base_tokenizer, p, chat) for p in prompts])
+        lms["base"].start([encode_prompt(base_tokenizer, base_text(base_template, p), chat)
+                           for p in prompts])
     with clock("guide"):
         for name in ("tuned", "untuned"):
             lms[name].start([encode_prompt(guide.tokenizer, p, chat) for p in prompts])

@@ -96,7 +96,8 @@ def plan_search(cfg: SearchConfig) -> dict:
         if "eft" in decoders:
             raise W2SError("decoder eft mixes the base model's token log-probs with the guides'; "
                            "an api: base gives none: drop eft or use a local base model")
-        api = ApiBase(cfg.base, timeout=cfg.api_timeout, max_retries=cfg.api_max_retries)
+        api = ApiBase(cfg.base, timeout=cfg.api_timeout, max_retries=cfg.api_max_retries,
+                      template=cfg.base_prompt)
         model = api.check()
         identity = {"kind": "api", "url": api.url, "model": model}
     else:
@@ -165,7 +166,7 @@ def load_models(cfg: SearchConfig, plan: dict) -> dict:
         models["base"] = plan["api"]
     else:
         model, base_tok = load_causal_lm(cfg.base, dtype=cfg.dtype, device=cfg.device)
-        models["base"] = HFBase(model, base_tok, chat=cfg.chat)
+        models["base"] = HFBase(model, base_tok, chat=cfg.chat, template=cfg.base_prompt)
         models["base_model"], models["base_tokenizer"] = model, base_tok
     return models
 
@@ -204,7 +205,8 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
         else:
             out = eft(models["base_model"], models["base_tokenizer"], guide, batch,
                       beta=cfg.eft_beta, max_new_tokens=cfg.max_new_tokens, sampling=sampling,
-                      generator=generator, chat=cfg.chat, compute=compute)
+                      generator=generator, chat=cfg.chat, compute=compute,
+                      base_template=cfg.base_prompt)
         results.extend(out[0])
         traces.extend(out[1])
     compute.wall_s = time.perf_counter() - t0
