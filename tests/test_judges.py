@@ -418,3 +418,17 @@ def test_a_server_that_does_not_speak_http_is_one_error(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "not an HTTP answer" in err and "after 2 attempts" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_text_judge_can_read_the_prompt_with_the_response():
+    """The W2S search authors' IMDB gold reward scores prompt + response (the whole review)."""
+    from w2s.evaluation.judges import REWARDS, register_reward
+
+    register_reward("test-echo-length")(lambda prompt, response: len(response))
+    plain = build_judge("reward:test-echo-length")
+    both = build_judge("reward:test-echo-length", reads="prompt+response")
+    assert plain.score(["ab"], ["xyz"]) == [3.0] and both.score(["ab"], ["xyz"]) == [5.0]
+    assert "reads" not in plain.identity() and both.identity()["reads"] == "prompt+response"
+    with pytest.raises(W2SError, match="a judge reads one of"):
+        build_judge("vader", reads="prompt")
+    del REWARDS["test-echo-length"]

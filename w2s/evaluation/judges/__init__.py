@@ -26,6 +26,7 @@ from w2s.evaluation.judges.api import ApiJudge
 from w2s.evaluation.judges.base import (
     PAIRWISE_TEMPLATE,
     PAIRWISE_TEMPLATE_VERSION,
+    READS,
     Judge,
     JudgmentCache,
     PairwiseJudge,
@@ -90,10 +91,21 @@ def build_judge(spec: str | Judge, **options: Any) -> Judge:
 
     options (each used by the judges it concerns, ignored by the others): ``batch_size``,
     ``device``, ``dtype`` (model judges); ``cache`` (True / False / a folder), ``timeout``,
-    ``max_retries``, ``backoff``, ``rate_limit``, ``workers``, ``max_tokens`` (api).
+    ``max_retries``, ``backoff``, ``rate_limit``, ``workers``, ``max_tokens`` (api); ``reads``
+    (``response`` or ``prompt+response``: what ``cls:``, ``vader`` and ``reward:`` score).
     """
     if isinstance(spec, Judge):
         return spec
+    reads = options.pop("reads", None) or "response"
+    if reads not in READS:
+        raise W2SError(f"a judge reads one of {list(READS)}, not {reads!r}")
+    judge = _build(spec, **options)
+    if reads != "response" and parse_judge(spec)[0] in ("cls", "vader", "reward"):
+        judge.reads = reads
+    return judge
+
+
+def _build(spec: str, **options: Any) -> Judge:
     kind, fields = parse_judge(spec)
     pick = lambda names: {k: options[k] for k in names if options.get(k) is not None}  # noqa: E731
     if kind == "vader":

@@ -93,10 +93,28 @@ class Judge:
         return f"{type(self).__name__}({self.spec!r})"
 
 
+READS = ("response", "prompt+response")
+
+
 class RewardJudge(Judge):
-    """Scores responses one at a time; the higher score wins."""
+    """Scores responses one at a time; the higher score wins.
+
+    ``reads``: what a text scorer (``cls:``, ``vader``, ``reward:``) reads: the ``response``
+    (the default), or ``prompt+response`` (the W2S search authors' IMDB gold reward scores the
+    whole review). A reward model (``rm:``) always reads both, as a (prompt, response) pair."""
 
     kind = "reward"
+    reads = "response"
+
+    def read(self, prompts: list[str], responses: list[str]) -> list[str]:
+        """The texts a text scorer scores (see ``reads``)."""
+        if self.reads == "response":
+            return list(responses)
+        return [p + r for p, r in zip(prompts, responses, strict=True)]
+
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        return ident if self.reads == "response" else {**ident, "reads": self.reads}
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         raise NotImplementedError

@@ -94,7 +94,8 @@ class FunctionRewardJudge(RewardJudge):
             vader_analyzer()  # fail now, in one line, if vaderSentiment is missing
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
+        texts = self.read(prompts, responses)
+        return [float(self.fn(p, r)) for p, r in zip(prompts, texts, strict=True)]
 
     def identity(self) -> dict[str, Any]:
         ident = {**super().identity(), "reward": self.name,
@@ -153,7 +154,7 @@ class ClassifierJudge(_ModelJudge):
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         from w2s.models.reward import score_texts
 
-        logits = score_texts(self.model, self.tokenizer, None, responses,
+        logits = score_texts(self.model, self.tokenizer, None, self.read(prompts, responses),
                              batch_size=self.batch_size)
         return [float(v) for v in log_odds(logits, self.label_index)]
 

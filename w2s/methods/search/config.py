@@ -63,6 +63,9 @@ class SearchConfig:
     chat: bool = option(True, "wrap prompts in each model's chat template (when it has one); "
                         "--no-chat for plain-text continuation (IMDB, reviews)")
     judging: Judging = section(Judging, "the gold judge", inline=True)
+    judge_reads: str = option("response", "what a text judge (cls:, vader, reward:) scores: the "
+                              "response, or prompt+response (the authors' IMDB gold reward "
+                              "scores the whole review)", choices=["response", "prompt+response"])
     prompt_batch: int = option(8, "prompts searched together (rows = prompt_batch x W x K)",
                                min=1)
     score_batch_size: int = option(16, "responses per forward pass when scoring from scratch "

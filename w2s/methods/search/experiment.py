@@ -109,7 +109,7 @@ def plan_search(cfg: SearchConfig) -> dict:
                            "tokenizers)")
         identity = {"kind": "local", "model": cfg.base}
     judge = build_judge(cfg.judge, batch_size=cfg.judge_batch_size, device=cfg.device,
-                        dtype=cfg.dtype)  # a judge model that cannot load fails here too
+                        dtype=cfg.dtype, reads=cfg.judge_reads)  # a judge model that cannot load fails here too
     return {"judge": judge, "decoders": decoders, "l": chunk, "sampling": _sampling_record(sampling),
             "bon_n": cfg.bon_n or cfg.w * cfg.k, "prompts": prompts, "fingerprint": fingerprint,
             "api": api, "base_identity": identity, "notes": notes}
