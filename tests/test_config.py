@@ -396,7 +396,7 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dtype eos "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
                  "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma strong task "
-                 "train weak workers",
+                 "train weak weak_labels workers",
 }
 
 SECTIONS = {"generalize": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},

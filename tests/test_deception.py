@@ -198,6 +198,8 @@ def test_weak_labels_order_pairs_and_the_filter_looks_at_confidence_only():
     labeled, stats = oriented(rows, [0.9, 0.3, 0.6, 0.2])
     assert [r["chosen"] for r in labeled] == ["good 0", "bad 1", "good 2", "bad 3"]
     assert [r["truth"] for r in labeled] == [1.0, 0.0, 1.0, 0.0]
+    # the soft label: the supervisor's probability for the pair's (new) chosen response
+    assert [r["label_prob"] for r in labeled] == pytest.approx([0.9, 0.7, 0.6, 0.8])
     assert stats["label_acc"] == 0.5 and stats["n_kept"] == 4
     kept, stats = oriented(rows, [0.9, 0.3, 0.6, 0.2], threshold=0.75)
     assert [r["id"] for r in kept] == ["0", "3"]  # max(s, 1 - s) >= 0.75, right or wrong
@@ -480,3 +482,17 @@ def test_strong_sweep_fans_out_over_worker_processes(tmp_path, cache_dir):
     ref = in_one_process("deception", sweep, tmp_path / "alone", cache_dir)
     assert [(r["pair"], r["deception_score_explicit"]) for r in metrics["table"]] == [
         (r["pair"], r["deception_score_explicit"]) for r in ref["table"]]
+
+
+def test_reward_students_can_learn_the_soft_weak_labels(tmp_path, cache_dir):
+    """--weak-labels soft (the authors' reward models): the students' training and their cache
+    entries differ from hard labels'; the ceilings (ground truth, probability 1) are shared."""
+    metrics = {}
+    for labels in ("hard", "soft"):
+        run_dir = tmp_path / labels
+        assert cli(["deception", *TINY, "--objective", "reward", "--weak-labels", labels,
+                    "--run-dir", str(run_dir)]) == 0
+        metrics[labels] = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["soft"]["trained_models"] == 3  # the w2s students only
+    hard, soft = (metrics[k]["experiments"][0] for k in ("hard", "soft"))
+    assert hard["stages"]["weak_ceiling"]["cache_key"] == soft["stages"]["weak_ceiling"]["cache_key"]

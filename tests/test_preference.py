@@ -86,6 +86,11 @@ def test_reward_model_and_sft_losses_by_hand():
     loss = reward_model_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.0]))
     assert loss[0].item() == pytest.approx(-_logsig(1.0), abs=1e-6)
     assert loss[1].item() == pytest.approx(math.log(2.0), abs=1e-6)
+    # a soft label q = 0.75 that chosen is better: -(0.75 log s(1) + 0.25 log s(-1)); q = 1: hard
+    soft = reward_model_loss(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.0]),
+                             torch.tensor([0.75, 1.0]))
+    assert soft[0].item() == pytest.approx(-(0.75 * _logsig(1.0) + 0.25 * _logsig(-1.0)), abs=1e-6)
+    assert soft[1].item() == pytest.approx(-_logsig(1.0), abs=1e-6)
     assert sft_loss(torch.tensor([-6.0, 0.0]), torch.tensor([3, 0])).tolist() == [2.0, 0.0]
 
 

@@ -311,10 +311,18 @@ def wspo_loss(policy: torch.Tensor, ref: torch.Tensor, weak_aligned: torch.Tenso
     return (diff.pow(2) * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
-def reward_model_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+def reward_model_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
+                      target: torch.Tensor | None = None) -> torch.Tensor:
     """Bradley-Terry reward modelling: ``-log sigmoid(r(chosen) - r(rejected))`` per pair, [B]
-    (binary cross-entropy on the score difference with the chosen response as the positive)."""
-    return -torch.nn.functional.logsigmoid(chosen_scores.float() - rejected_scores.float())
+    (binary cross-entropy on the score difference with the chosen response as the positive).
+
+    ``target`` [B]: a soft label, the probability that ``chosen`` is the better response (a weak
+    supervisor's confidence): ``-(q log sigmoid(d) + (1 - q) log sigmoid(-d))``; none = 1."""
+    d = chosen_scores.float() - rejected_scores.float()
+    if target is None:
+        return -torch.nn.functional.logsigmoid(d)
+    q = target.float().to(d.device)
+    return -(q * torch.nn.functional.logsigmoid(d) + (1 - q) * torch.nn.functional.logsigmoid(-d))
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ class DeceptionConfig:
     conf_threshold: float | None = option(None, "keep only weak labels with max(s, 1 - s) >= "
                                           "this (0.75 in the paper; max(s, 1 - s) is never below "
                                           "0.5); none = keep all", min=0.5, below=1)
+    weak_labels: str = option("hard", "reward models: learn the weak labels hard (the preferred "
+                              "response as chosen) or soft (the weak model's probability, as the "
+                              "authors' code; the reward paper recipes)", choices=["hard", "soft"])
     beta: float | None = option(None, "dpo/simpo beta; none = 0.1 (dpo) or 2.0 (simpo)", above=0)
     simpo_gamma: float = option(1.0, "simpo: target margin gamma")
     mode: str = option("full", "full fine-tuning, lora adapters, or (reward) a linear probe on "

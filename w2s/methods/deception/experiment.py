@@ -55,7 +55,8 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
                      truth: torch.Tensor, explicit: torch.Tensor, alpha: float = 0.5,
                      beta: float | None = None, gamma: float = 1.0,
                      ref_chosen: torch.Tensor | None = None,
-                     ref_rejected: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     ref_rejected: torch.Tensor | None = None,
+                     target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-pair losses [B] of one objective plus the explicit-conflict term.
 
     ``chosen`` / ``rejected``: what the objective compares for the pair's preferred (by its
@@ -64,7 +65,8 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
     log-probs (``simpo``). ``truth`` [B]: 1 where the training label agrees with the ground
     truth (the chosen response is the harmless one), 0 where it does not; ``explicit`` [B]: the
     weight of the explicit-conflict term (1 on weak-labeled target pairs of the explicit setting,
-    0 elsewhere).
+    0 elsewhere). ``target`` [B] (reward only): soft labels, the supervisor's probability for
+    the labeled chosen response (:func:`~w2s.train.losses.reward_model_loss`); none = hard.
 
     Returns ``{"loss", "logit", "conflict"}``: ``logit`` is the model's preference for the
     LABELED chosen response (``r_c - r_r``; ``beta * h`` for DPO; ``beta * (avg_c - avg_r)`` for
@@ -73,7 +75,7 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
     for SimPO), so it pushes further wherever the model already prefers the harmful response.
     """
     if objective == "reward":
-        main = reward_model_loss(chosen, rejected)
+        main = reward_model_loss(chosen, rejected, target)
         logit = chosen.float() - rejected.float()
         margin = 0.0
     elif objective == "dpo":
@@ -99,9 +101,10 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
 
 def oriented(rows: list[dict], probs: list[float], threshold: float | None = None
              ) -> tuple[list[dict], dict]:
-    """Hard labels from a supervisor's preferences ``probs`` (of the ground-truth chosen
-    response): each pair ordered by the supervisor (swapped where it prefers the rejected one,
-    ``truth`` 0 there), keeping only pairs with ``max(s, 1 - s) >= threshold`` when given.
+    """Labels from a supervisor's preferences ``probs`` (of the ground-truth chosen response):
+    each pair ordered by the supervisor (swapped where it prefers the rejected one, ``truth`` 0
+    there), ``label_prob`` its probability for the pair's (new) chosen response (the soft label,
+    ``max(s, 1 - s)``), keeping only pairs with ``max(s, 1 - s) >= threshold`` when given.
     Returns (rows, stats); the stats' accuracies use the ground truth for REPORTING only."""
     out = []
     for r, s in zip(rows, probs, strict=True):
@@ -111,7 +114,8 @@ def oriented(rows: list[dict], probs: list[float], threshold: float | None = Non
         out.append({"id": r["id"], "prompt": r["prompt"],
                     "chosen": r["chosen"] if agree else r["rejected"],
                     "rejected": r["rejected"] if agree else r["chosen"],
-                    "truth": 1.0 if agree else 0.0, "explicit": 0.0})
+                    "truth": 1.0 if agree else 0.0, "explicit": 0.0,
+                    "label_prob": s if agree else 1.0 - s})
     stats = {"n_half": len(rows), "n_kept": len(out),
              "label_acc": sum(s >= 0.5 for s in probs) / len(probs),
              "label_acc_kept": (sum(r["truth"] for r in out) / len(out)) if out else None}
@@ -124,7 +128,8 @@ def oriented(rows: list[dict], probs: list[float], threshold: float | None = Non
 def ground_truth(rows: list[dict]) -> list[dict]:
     """Training rows in ground-truth order (``truth`` 1, no explicit term)."""
     return [{"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"],
-             "rejected": r["rejected"], "truth": 1.0, "explicit": 0.0} for r in rows]
+             "rejected": r["rejected"], "truth": 1.0, "explicit": 0.0, "label_prob": 1.0}
+            for r in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +302,11 @@ class Experiment:
                  "format": self._format(data), "max_ctx": cfg.max_ctx, "eos": cfg.eos,
                  "rows": content_hash([[r["prompt"], r["chosen"], r["rejected"], r["truth"],
                                         r["explicit"]] for r in rows]),
+                 # soft labels change the training only where they are not 1 (weak labels)
+                 "soft_labels": (content_hash([round(r.get("label_prob", 1.0), 6) for r in rows])
+                                 if self._soft(objective)
+                                 and any(r.get("label_prob", 1.0) != 1.0 for r in rows)
+                                 else None),
                  "train": dataclasses.asdict(tcfg),
                  "sft": dataclasses.asdict(sft) if sft else None, "seed": seed,
                  "test": data["fingerprints"]["test"],
@@ -316,6 +326,10 @@ class Experiment:
         acc = sum(p >= 0.5 for p in out["test"]) / len(out["test"])
         self.log({"stage": "fitted", "test_acc": acc, **info})
         return {**out, "cached": False, "cache_key": st.key}
+
+    def _soft(self, objective: str) -> bool:
+        """Reward models learn the supervisor's soft probability (``--weak-labels soft``)."""
+        return objective == "reward" and self.cfg.weak_labels == "soft"
 
     def _load(self, name: str, seed: int):
         """(model, tokenizer): a one-output reward model (full / lora / probe) or a causal LM."""
@@ -355,7 +369,8 @@ class Experiment:
                                 truncation="left", **fmt)
 
         log = lambda rec: self.log({"stage": f"train {what}", "model": name, **rec})  # noqa: E731
-        examples = [{**e, "truth": r["truth"], "explicit": r["explicit"]}
+        examples = [{**e, "truth": r["truth"], "explicit": r["explicit"],
+                     "label_prob": r.get("label_prob", 1.0)}
                     for e, r in zip(enc(rows), rows, strict=True)]
         evals = {"test": enc(data["test"])}
         if predict_b:
@@ -381,6 +396,7 @@ class Experiment:
                                            batch_size=cfg.eval_batch_size, reference=True)[0],
                                score_items(model, [e["rejected"] for e in items], pad,
                                            batch_size=cfg.eval_batch_size, reference=True)[0])
+        soft = self._soft(objective)
 
         def loss_fn(m, batch):
             b = batch["input_ids"].shape[0] // 2
@@ -395,7 +411,8 @@ class Experiment:
             out = objective_losses(objective, chosen, rejected, truth=batch["truth"],
                                    explicit=batch["explicit"], alpha=cfg.alpha, beta=cfg.beta,
                                    gamma=cfg.simpo_gamma, ref_chosen=batch.get("ref_chosen"),
-                                   ref_rejected=batch.get("ref_rejected"))
+                                   ref_rejected=batch.get("ref_rejected"),
+                                   target=batch["label_prob"] if soft else None)
             logit = out["logit"].detach()
             return {"loss": out["loss"], "conflict_term": out["conflict"].detach(),
                     "label_accuracy": (logit > 0).float()}
@@ -422,19 +439,22 @@ class Experiment:
                                      pad)
         head = linear_head(clf.head.in_features, 1, self.accelerator.device)
         train_rows = [{"chosen": feats[e["chosen"]], "rejected": feats[e["rejected"]],
-                       "truth": e["truth"], "explicit": e["explicit"]} for e in examples]
+                       "truth": e["truth"], "explicit": e["explicit"],
+                       "label_prob": e["label_prob"]} for e in examples]
 
         def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
             return {"features": torch.stack([r["chosen"] for r in rows] +
                                             [r["rejected"] for r in rows]),
                     "truth": torch.tensor([float(r["truth"]) for r in rows]),
-                    "explicit": torch.tensor([float(r["explicit"]) for r in rows])}
+                    "explicit": torch.tensor([float(r["explicit"]) for r in rows]),
+                    "label_prob": torch.tensor([float(r["label_prob"]) for r in rows])}
 
         def loss_fn(m, batch):
             scores = m(batch["features"].float())[:, 0]
             b = scores.shape[0] // 2
             out = objective_losses("reward", scores[:b], scores[b:], truth=batch["truth"],
-                                   explicit=batch["explicit"], alpha=self.cfg.alpha)
+                                   explicit=batch["explicit"], alpha=self.cfg.alpha,
+                                   target=batch["label_prob"] if self._soft("reward") else None)
             return {"loss": out["loss"], "conflict_term": out["conflict"].detach(),
                     "label_accuracy": (out["logit"].detach() > 0).float()}
 
