@@ -271,3 +271,13 @@ def test_win_rate_se_is_clustered_by_prompt():
     assert math.isnan(win_rate(prefs, clusters=["a"] * 4)[1])
     with pytest.raises(W2SError, match="3 clusters for 4 preferences"):
         win_rate(prefs, clusters=["a", "b", "c"])
+
+
+def test_the_lc_figure_says_what_it_is():
+    from w2s.evaluation.judges import build_judge
+    from w2s.evaluation.winrate import LC_METHOD
+
+    rows = [{"id": str(i), "prompt": f"p{i}", "response": "good " * (i % 3 + 1)} for i in range(4)]
+    base = [{"id": str(i), "prompt": f"p{i}", "response": "bad"} for i in range(4)]
+    m = evaluate_winrate(rows, base, build_judge("vader"), cache=False)
+    assert m["lc_win_rate_method"] == LC_METHOD and "NOT AlpacaEval 2" in LC_METHOD

@@ -271,7 +271,8 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike = "re
     for r in runs:
         lc = r["figures"].get("lc_win_rate")
         if lc is not None:
-            parts.append(f"- {r['name']}: length-controlled win rate {lc:.1f}")
+            parts.append(f"- {r['name']}: length-controlled win rate {lc:.1f} (a minimal "
+                         "length GLM, not AlpacaEval 2's LC figure)")
     if written:
         parts += ["", "## Plots", ""]
         parts += [f"![{p.stem}]({os.path.relpath(p, out.parent)})" for p in written]

@@ -58,6 +58,13 @@ def _preferences(preferences: Sequence[float]) -> np.ndarray:
     return arr
 
 
+LC_METHOD = ("minimal length GLM: preference ~ standardised length difference + instruction, "
+             "predicted without the length term; NOT AlpacaEval 2's LC win rate (no "
+             "instruction-difficulty covariate, no gamed-baseline regularisation)")
+"""What metrics.json's ``lc_win_rate`` is (``lc_win_rate_method``), so no one reads it as
+AlpacaEval 2's figure."""
+
+
 def win_rate(preferences: Sequence[float], clusters: Sequence[Any] | None = None
              ) -> tuple[float, float]:
     """``(win rate, standard error)``, both in percentage points.
@@ -343,6 +350,7 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
     fit, reason = lc_win_rate_with_reason(prefs, [r["candidate_length"] for r in rows],
                                           [r["baseline_length"] for r in rows], prompts)
     metrics["lc_win_rate"] = fit["lc_win_rate"] if fit else None
+    metrics["lc_win_rate_method"] = LC_METHOD
     metrics["lc_win_rate_reason"] = reason
     metrics["lc_length_coef"] = fit["length_coef"] if fit else None
     metrics["judge"] = judge.identity()
