@@ -394,6 +394,7 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
              "n_test n_train quantize run_dir seed sft skip_empty strong strong_neg_epochs task "
              "weak",
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dtype eos "
+                 "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
                  "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma strong task "
                  "train weak weak_labels workers",

@@ -208,6 +208,16 @@ def test_weak_labels_order_pairs_and_the_filter_looks_at_confidence_only():
         oriented(rows, [0.6, 0.4, 0.6, 0.4], threshold=0.75)
 
 
+def test_the_confidence_filter_subsamples_the_helpful_pairs_like_the_weak_labels():
+    from w2s.methods.deception.experiment import kept_helpful
+
+    helpful = [{"id": f"h{i}"} for i in range(4)]
+    kept = [True, False, False, True]  # the filter kept pairs 0 and 3 of half B
+    assert [h["id"] for h in kept_helpful(helpful, kept)] == ["h0", "h3"]
+    eight = [{"id": f"h{i}"} for i in range(8)]  # another size: the same fraction
+    assert [h["id"] for h in kept_helpful(eight, kept)] == ["h0", "h1", "h2", "h3"]
+
+
 # ---- the toy hazard world -------------------------------------------------------------------
 
 

@@ -71,6 +71,9 @@ class DeceptionConfig:
     weak_labels: str = option("hard", "reward models: learn the weak labels hard (the preferred "
                               "response as chosen) or soft (the weak model's probability, as the "
                               "authors' code; the reward paper recipes)", choices=["hard", "soft"])
+    filter_helpful: bool = option(True, "with --conf-threshold: the implicit conflict's "
+                                  "helpfulness pairs are subsampled like the weak labels kept "
+                                  "(as the authors); false keeps them all")
     beta: float | None = option(None, "dpo/simpo beta; none = 0.1 (dpo) or 2.0 (simpo)", above=0)
     simpo_gamma: float = option(1.0, "simpo: target margin gamma")
     mode: str = option("full", "full fine-tuning, lora adapters, or (reward) a linear probe on "

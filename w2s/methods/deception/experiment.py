@@ -125,6 +125,15 @@ def oriented(rows: list[dict], probs: list[float], threshold: float | None = Non
     return out, stats
 
 
+def kept_helpful(helpful: list[dict], kept: list[bool]) -> list[dict]:
+    """The implicit conflict's helpfulness pairs after the confidence filter kept ``kept`` of the
+    weak-labeled half B, as the authors subsample them: position by position when the two sets
+    have one size (the default, ``n_helpful`` none), else the same fraction, from the front."""
+    if len(helpful) == len(kept):
+        return [h for h, k in zip(helpful, kept, strict=True) if k]
+    return helpful[:round(len(helpful) * sum(kept) / len(kept))]
+
+
 def ground_truth(rows: list[dict]) -> list[dict]:
     """Training rows in ground-truth order (``truth`` 1, no explicit term)."""
     return [{"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"],
@@ -230,6 +239,9 @@ class Experiment:
         labels.append({"from": supervisor, "for": strong, **stats})
         record(strong)
         helpful = ground_truth(data["helpful"])
+        if cfg.conf_threshold is not None and cfg.filter_helpful:
+            kept = [max(s, 1.0 - s) >= cfg.conf_threshold for s in probs]
+            helpful = kept_helpful(helpful, kept)
         for setting in ["none", *settings]:
             rows = [dict(r, explicit=1.0 if setting == "explicit" else 0.0)
                     for r in weak_labeled]
