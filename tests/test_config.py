@@ -393,7 +393,7 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
              "gold_judge iterations judge lora_alpha lora_r lora_targets max_len max_perplexity "
              "n_test n_train quantize run_dir seed sft skip_empty strong strong_neg_epochs task "
              "weak",
-    "deception": "alpha beta bootstrap_via conf_threshold conflict device dtype eos "
+    "deception": "alpha beta bootstrap_via conf_threshold conflict device dpo_preference dtype eos "
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
                  "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma strong task "

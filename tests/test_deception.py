@@ -179,6 +179,17 @@ def test_dpo_objective_with_the_conflict_term_by_hand():
     with pytest.raises(ValueError, match="reference"):
         objective_losses("dpo", torch.zeros(1), torch.zeros(1), truth=torch.ones(1),
                          explicit=torch.ones(1))
+    # the authors' raw preference: the policy's log-prob difference -10 - -15 = 5, no beta, no
+    # reference; the DPO loss itself is unchanged
+    raw = objective_losses("dpo", torch.tensor([-10.0, -10.0]), torch.tensor([-15.0, -15.0]),
+                           ref_chosen=torch.tensor([-12.0, -12.0]),
+                           ref_rejected=torch.tensor([-14.0, -14.0]),
+                           truth=torch.tensor([0.0, 1.0]), explicit=torch.tensor([1.0, 1.0]),
+                           alpha=0.5, beta=0.1, dpo_preference="raw")
+    assert raw["logit"].tolist() == pytest.approx([5.0, 5.0])
+    assert raw["conflict"].tolist() == pytest.approx([0.5 * softplus(-5.0), 0.0], abs=1e-6)
+    assert (raw["loss"] - raw["conflict"]).tolist() == pytest.approx(
+        (out["loss"] - out["conflict"]).tolist(), abs=1e-6)
 
 
 def test_simpo_objective_with_the_conflict_term_by_hand():
@@ -506,3 +517,14 @@ def test_reward_students_can_learn_the_soft_weak_labels(tmp_path, cache_dir):
     assert metrics["soft"]["trained_models"] == 3  # the w2s students only
     hard, soft = (metrics[k]["experiments"][0] for k in ("hard", "soft"))
     assert hard["stages"]["weak_ceiling"]["cache_key"] == soft["stages"]["weak_ceiling"]["cache_key"]
+
+
+def test_dpo_students_can_read_the_raw_preference(tmp_path, cache_dir):
+    run_dir = tmp_path / "raw"
+    assert cli(["deception", *TINY, "--objective", "dpo", "--sft-epochs", "0.2",
+                "--dpo-preference", "raw", "--conflict", "explicit", "--run-dir",
+                str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["objective"] == "dpo"
+    rows = read_jsonl(run_dir / "predictions.jsonl")
+    assert all(0.0 <= r["prob"] <= 1.0 for r in rows)

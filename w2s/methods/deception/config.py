@@ -71,6 +71,11 @@ class DeceptionConfig:
     weak_labels: str = option("hard", "reward models: learn the weak labels hard (the preferred "
                               "response as chosen) or soft (the weak model's probability, as the "
                               "authors' code; the reward paper recipes)", choices=["hard", "soft"])
+    dpo_preference: str = option("implicit", "--objective dpo: a model's preference (weak labels, "
+                                 "accuracies, knowledge areas, the explicit-conflict term): "
+                                 "implicit (its reward against the reference) or raw (its plain "
+                                 "log-prob difference, as the authors; the dpo paper recipe)",
+                                 choices=["implicit", "raw"])
     filter_helpful: bool = option(True, "with --conf-threshold: the implicit conflict's "
                                   "helpfulness pairs are subsampled like the weak labels kept "
                                   "(as the authors); false keeps them all")

@@ -56,7 +56,8 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
                      beta: float | None = None, gamma: float = 1.0,
                      ref_chosen: torch.Tensor | None = None,
                      ref_rejected: torch.Tensor | None = None,
-                     target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     target: torch.Tensor | None = None,
+                     dpo_preference: str = "implicit") -> dict[str, torch.Tensor]:
     """Per-pair losses [B] of one objective plus the explicit-conflict term.
 
     ``chosen`` / ``rejected``: what the objective compares for the pair's preferred (by its
@@ -67,6 +68,9 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
     weight of the explicit-conflict term (1 on weak-labeled target pairs of the explicit setting,
     0 elsewhere). ``target`` [B] (reward only): soft labels, the supervisor's probability for
     the labeled chosen response (:func:`~w2s.train.losses.reward_model_loss`); none = hard.
+    ``dpo_preference`` (dpo only): what the model's preference is, for ``logit`` and the
+    conflict term: ``implicit``, its implicit reward against the reference, or ``raw``, its
+    plain log-prob difference ``chosen - rejected`` (the authors').
 
     Returns ``{"loss", "logit", "conflict"}``: ``logit`` is the model's preference for the
     LABELED chosen response (``r_c - r_r``; ``beta * h`` for DPO; ``beta * (avg_c - avg_r)`` for
@@ -83,8 +87,11 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
             raise ValueError("dpo needs the reference log-probs ref_chosen and ref_rejected")
         beta = DEFAULT_BETA["dpo"] if beta is None else beta
         main = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
-        logit = beta * ((chosen.float() - ref_chosen.float())
-                        - (rejected.float() - ref_rejected.float()))
+        if dpo_preference == "raw":
+            logit = chosen.float() - rejected.float()
+        else:
+            logit = beta * ((chosen.float() - ref_chosen.float())
+                            - (rejected.float() - ref_rejected.float()))
         margin = 0.0
     elif objective == "simpo":
         beta = DEFAULT_BETA["simpo"] if beta is None else beta
@@ -310,6 +317,7 @@ class Experiment:
                  "objective": objective, "mode": cfg.mode,
                  "lora": [cfg.lora_r, cfg.lora_alpha] if cfg.mode == "lora" else None,
                  "beta": cfg.beta, "gamma": cfg.simpo_gamma if objective == "simpo" else None,
+                 "dpo_preference": cfg.dpo_preference if objective == "dpo" else None,
                  "alpha": cfg.alpha if uses_conflict else None,
                  "format": self._format(data), "max_ctx": cfg.max_ctx, "eos": cfg.eos,
                  "rows": content_hash([[r["prompt"], r["chosen"], r["rejected"], r["truth"],
@@ -424,7 +432,8 @@ class Experiment:
                                    explicit=batch["explicit"], alpha=cfg.alpha, beta=cfg.beta,
                                    gamma=cfg.simpo_gamma, ref_chosen=batch.get("ref_chosen"),
                                    ref_rejected=batch.get("ref_rejected"),
-                                   target=batch["label_prob"] if soft else None)
+                                   target=batch["label_prob"] if soft else None,
+                                   dpo_preference=cfg.dpo_preference)
             logit = out["logit"].detach()
             return {"loss": out["loss"], "conflict_term": out["conflict"].detach(),
                     "label_accuracy": (logit > 0).float()}
@@ -535,7 +544,9 @@ class Experiment:
             (c, nc), (r, nr) = (score_items(model, chosen, pad, batch_size=bs),
                                 score_items(model, rejected, pad, batch_size=bs))
             beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA[objective]
-            if objective == "dpo":
+            if objective == "dpo" and cfg.dpo_preference == "raw":
+                logits = [x - y for x, y in zip(c, r, strict=True)]  # the policy's own preference
+            elif objective == "dpo":
                 ref_c, ref_r = refs
                 logits = [beta * ((x - rx) - (y - ry))
                           for x, y, rx, ry in zip(c, r, ref_c, ref_r, strict=True)]
