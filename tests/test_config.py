@@ -377,7 +377,8 @@ def test_inline_bounds_and_section_misuse():
 # ---- the methods' configs ----------------------------------------------------------------------
 
 SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they must not move
-    "generalize": "aux_alpha chain device dtype eval_batch_size gen_epochs gen_finetune "
+    "generalize": "aux_alpha chain chain_folds chain_labels device dtype eval_batch_size "
+                  "gen_epochs gen_finetune "
                   "gen_finetune_models launcher "
                   "lora_alpha lora_r loss max_ctx mode n_boot n_test n_train run_dir seed seeds "
                   "strong strong_train task warmup_frac weak weak_train workers world",

@@ -13,6 +13,7 @@ from w2s.data import (
     TaskData,
     as_prompts,
     fingerprint,
+    folds,
     halves,
     load_task,
     split_rows,
@@ -140,6 +141,19 @@ def test_halves():
     a, b = halves(rows, seed=0)
     assert (len(a), len(b)) == (6, 5) and not {r["id"] for r in a} & {r["id"] for r in b}
     assert halves(rows, seed=0) == (a, b) and halves(rows, seed=1) != (a, b)
+
+
+def test_folds_cover_every_row_once_and_keep_groups_together():
+    rows = list(range(10))
+    parts = folds(rows, 3, seed=0)
+    assert sorted(len(p) for p in parts) == [3, 3, 4] and sorted(sum(parts, [])) == rows
+    assert folds(rows, 3, seed=0) == parts and folds(rows, 3, seed=1) != parts
+    # rows sharing a text land in one fold
+    texts = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    grouped = folds(list(range(8)), 2, seed=0, group=lambda i: texts[i])
+    assert [len(p) for p in grouped] == [4, 4]
+    assert all({texts[i] for i in p}.isdisjoint({texts[j] for j in q})
+               for p, q in [grouped])
 
 
 def test_warn_if_small():

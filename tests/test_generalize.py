@@ -170,6 +170,64 @@ def test_chain_records_every_link(tmp_path, cache_dir):
             link["label_acc_on_b"])
 
 
+def _chain_run(tmp_path, name: str, *extra: str):
+    run_dir = tmp_path / name
+    chain = "tiny:llama-1x32,tiny:llama-1x64,tiny:llama-2x64"
+    assert cli(["generalize", *TINY, "--task", "toy-sentiment", "--chain", chain,
+                "--run-dir", str(run_dir), *extra]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = {}
+    for r in read_jsonl(run_dir / "weak_labels.jsonl"):
+        labels.setdefault((r["labeller"], r["learner"]), []).append(r)
+    fits = [r for r in read_jsonl(run_dir / "log.jsonl") if r.get("stage") == "fit"]
+    return chain.split(","), metrics["experiments"][0]["chain"], labels, fits
+
+
+def test_chain_in_sample_links_pass_on_their_own_predictions(tmp_path, cache_dir):
+    models, links, labels, _ = _chain_run(tmp_path, "in-sample")
+    middle = links[1]
+    # the middle link labels the rows it was trained on: what it passes on is what it reproduces
+    assert middle["passed_label_agreement"] == middle["own_label_agreement"]
+    given = [r["prob"] for r in labels[(models[0], models[1])]]
+    passed = [r["prob"] for r in labels[(models[1], models[2])]]
+    agree = sum((p > 0.5) == (q > 0.5) for p, q in zip(passed, given, strict=True)) / len(given)
+    assert middle["own_label_agreement"] == pytest.approx(agree)
+    assert "own_label_agreement" in links[2] and "passed_label_agreement" not in links[2]
+
+
+def test_chain_kfold_passes_out_of_fold_labels(tmp_path, cache_dir):
+    from w2s.runs import Cache
+
+    models, links, labels, fits = _chain_run(tmp_path, "kfold", "--chain-labels", "kfold",
+                                             "--chain-folds", "2")
+    n_b = len(labels[(models[0], models[1])])
+    middle = [f for f in fits if f["model"] == models[1]]
+    full = [f for f in middle if f["n_train"] == n_b]
+    fold_fits = [f for f in middle if f["n_train"] < n_b]
+    assert len(full) == 1 and len(fold_fits) == 2
+    assert sum(n_b - f["n_train"] for f in fold_fits) == n_b  # the held-out folds cover B once
+    preds = [json.loads((Cache().path(f["cache_key"]) / "result.json").read_text())["b"]
+             for f in fold_fits]
+    passed = [r["prob"] for r in labels[(models[1], models[2])]]
+    # every label the last learner gets comes from the fold fit that did not train on that row
+    source = [[k for k, p in enumerate(preds) if p[i] == pytest.approx(passed[i], abs=1e-9)]
+              for i in range(n_b)]
+    assert all(len(s) >= 1 for s in source)
+    held = [sum(1 for s in source if s == [k]) for k in range(2)]
+    assert held == [n_b - f["n_train"] for f in fold_fits]
+    assert 0.0 <= links[1]["passed_label_agreement"] <= 1.0
+
+
+def test_chain_disjoint_gives_each_learner_its_own_part(tmp_path, cache_dir):
+    models, links, labels, fits = _chain_run(tmp_path, "disjoint", "--chain-labels", "disjoint")
+    first = {r["id"] for r in labels[(models[0], models[1])]}
+    second = {r["id"] for r in labels[(models[1], models[2])]}
+    assert first and second and not first & second  # the next part, not the rows it learnt
+    assert "part 1 of 2" in links[1]["trained_on"] and "part 2 of 2" in links[2]["trained_on"]
+    # the student and the strong ceiling train on the same last part
+    assert [f["n_train"] for f in fits if f["model"] == models[2]] == [len(second)] * 2
+
+
 def test_probe_mode_caches_features(tmp_path, cache_dir):
     run_dir = tmp_path / "probe"
     assert cli(["generalize", *TINY, "--task", "toy-sentiment", "--mode", "probe",

@@ -18,7 +18,7 @@ synthetic toy tasks (:mod:`w2s.data.synthetic`). ``w2s tasks`` lists the registr
 
 from w2s.data.core import KINDS, TaskData, as_prompts, fingerprint
 from w2s.data.registry import TASKS, TaskSpec, load_task, register_task, tasks_table
-from w2s.data.splits import SmallTestSetWarning, halves, split_rows, warn_if_small
+from w2s.data.splits import SmallTestSetWarning, folds, halves, split_rows, warn_if_small
 
 # Importing the source modules registers their tasks (hub first: the order of `w2s tasks`).
 from w2s.data import hub, synthetic, bigbench  # noqa: E402,F401,I001  isort: skip
@@ -28,6 +28,6 @@ from w2s.data.local import load_local  # noqa: E402
 
 __all__ = [
     "KINDS", "TASKS", "SmallTestSetWarning", "TaskData", "TaskSpec", "as_prompts", "fingerprint",
-    "halves", "load_bigbench", "load_local", "load_task", "register_task", "split_rows",
+    "folds", "halves", "load_bigbench", "load_local", "load_task", "register_task", "split_rows",
     "tasks_table", "warn_if_small",
 ]

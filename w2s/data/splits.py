@@ -122,6 +122,13 @@ def halves(rows: list, seed: int, group: str | Callable | None = None) -> tuple[
     return parts["a"], parts["b"]
 
 
+def folds(rows: list, k: int, seed: int, group: str | Callable | None = None) -> list[list]:
+    """``k`` disjoint parts of ``rows`` that together hold every row (sizes differ by at most one
+    unit): the folds of a cross-fit, or the disjoint parts of a bootstrapping chain."""
+    parts = split_rows(rows, {str(i): 1.0 / k for i in range(k)}, seed, group=group)
+    return [parts[str(i)] for i in range(k)]
+
+
 def warn_if_small(n_rows: int, what: str = "test split", minimum: int = MIN_TEST_ROWS,
                   stacklevel: int = 2) -> str | None:
     """Warn (and return the message) when a test set has fewer than ``minimum`` rows, else None.

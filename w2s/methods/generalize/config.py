@@ -12,6 +12,7 @@ from w2s.methods.sections import Lora, Runtime, Sweep, stage_train
 
 LOSSES = ("xent", "logconf", "product")
 MODES = ("full", "lora", "probe")
+CHAIN_LABELS = ("in_sample", "kfold", "disjoint")
 
 
 StageTrain = stage_train(
@@ -37,6 +38,13 @@ class GeneralizeConfig:
                          "smaller than strong)")
     chain: str = option("", "bootstrapping chain m1,m2,...,mn of increasing size (replaces "
                         "weak/strong: m1 labels for m2, ..., mn is the strong model)")
+    chain_labels: str = option(
+        "in_sample", "chain: how a middle link labels the next link's rows: in_sample (it labels "
+        "the half-B rows it was trained on, as Burns et al.), kfold (out-of-fold labels from "
+        "chain_folds more fits, each on the other folds) or disjoint (each link trains on its own "
+        "part of half B and labels the next part; the strong ceiling trains on the last part)",
+        choices=list(CHAIN_LABELS))
+    chain_folds: int = option(2, "chain_labels kfold: folds of half B", min=2)
     task: str = option("sciq", "binary classification task (`w2s tasks`), local:PATH or "
                        "tinyworld")
     loss: str = option("xent", "the strong student's loss on weak labels", choices=list(LOSSES))
@@ -111,6 +119,9 @@ def plan_experiments(cfg: GeneralizeConfig) -> dict:
         return resolve_model(name).size_b
 
     notes: list[str] = []
+    if cfg.chain_labels != "in_sample" and len(comma_list(cfg.chain)) < 3:
+        notes.append(f"chain_labels {cfg.chain_labels} changes nothing here: only a --chain of "
+                     "three or more models has a middle link that labels for the next one")
     if cfg.chain:
         chain = comma_list(cfg.chain)
         if len(chain) < 2:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from w2s.data import folds
 from w2s.errors import W2SError
 from w2s.evaluation import ROLE_CEILING, ROLE_W2S, ROLE_WEAK, pgr_from_predictions
 from w2s.methods.generalize import SPEC
@@ -142,29 +143,41 @@ class Experiment:
             pair = "->".join(models) + f"/seed{seed}"
         trained_before = self.trained
         truth_a = [_onehot(r["label"]) for r in data["a"]]
-        truth_b = [_onehot(r["label"]) for r in data["b"]]
 
         links = []
         weak = self.fit(models[0], "weak", data["a"], truth_a, "xent", seed, data, "weak")
         links.append({"model": models[0], "trained_on": "A, ground truth", **_summary(weak)})
-        labels = weak["b"]
+        b = data["b"]
+        parts = self._chain_parts(len(models) - 1, seed, data)  # the B rows each learner gets
+        labels = weak["b"]  # the current labeller's p(label=1) on every row of half B
         last = weak
         fits = [weak]  # every link of the chain, weak first, the W2S model last
-        label_rows = []  # the soft labels each link gave the next one on half B
+        label_rows = []  # the soft labels each link gave the next one
         for k, name in enumerate(models[1:], start=1):
             role = "strong" if k == len(models) - 1 else "weak"
-            soft = [[1.0 - p, p] for p in labels]
+            rows_k, given = [b[i] for i in parts[k - 1]], [labels[i] for i in parts[k - 1]]
             label_rows += [{"id": r["id"], "pair": pair, "labeller": models[k - 1],
                             "learner": name, "label": r["label"], "prob": p,
                             "correct": (p > 0.5) == bool(r["label"])}
-                           for r, p in zip(data["b"], labels, strict=True)]
-            last = self.fit(name, role, data["b"], soft, cfg.loss, seed, data,
-                            "w2s" if role == "strong" else "intermediate")
+                           for r, p in zip(rows_k, given, strict=True)]
+            last = self.fit(name, role, rows_k, [[1.0 - p, p] for p in given], cfg.loss, seed,
+                            data, "w2s" if role == "strong" else "intermediate")
             fits.append(last)
-            links.append({"model": name, "trained_on": f"B, labels of {models[k - 1]}",
-                          "label_acc_on_b": _acc(labels, data["b"]), **_summary(last)})
-            labels = last["b"]
-        ceiling = self.fit(models[-1], "strong", data["b"], truth_b, "xent", seed, data,
+            where = "B" if len(parts[k - 1]) == len(b) else f"B part {k} of {len(parts)}"
+            links.append({"model": name, "trained_on": f"{where}, labels of {models[k - 1]}",
+                          "label_acc_on_b": _acc(given, rows_k), **_summary(last),
+                          # how far the link reproduces the labels it was trained on
+                          "own_label_agreement": _agreement(
+                              [last["b"][i] for i in parts[k - 1]], given)})
+            if role == "weak":  # a middle link: it labels the next learner's rows
+                passed = (self._out_of_fold(name, seed, data, labels)
+                          if cfg.chain_labels == "kfold" else last["b"])
+                links[-1]["passed_label_agreement"] = _agreement(
+                    [passed[i] for i in parts[k]], [labels[i] for i in parts[k]])
+                labels = passed
+        ceiling_rows = [b[i] for i in parts[-1]]
+        ceiling = self.fit(models[-1], "strong", ceiling_rows,
+                           [_onehot(r["label"]) for r in ceiling_rows], "xent", seed, data,
                            "strong_ceiling")
 
         rows = []
@@ -192,6 +205,34 @@ class Experiment:
         self.log({"stage": "pgr", "pair": pair, **{k: result[k] for k in
                   ("weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr", "pgr_reason")}})
         return result
+
+    def _chain_parts(self, n_learners: int, seed: int, data: dict) -> list[list[int]]:
+        """The half-B rows (positions) each learner of a chain trains on: all of B for every
+        learner, or (``chain_labels: disjoint``) one disjoint part each."""
+        b = data["b"]
+        if self.cfg.chain_labels != "disjoint" or n_learners == 1:
+            return [list(range(len(b)))] * n_learners
+        parts = folds(list(range(len(b))), n_learners, seed, group=lambda i: b[i]["text"])
+        if min(len(p) for p in parts) < 2:
+            raise W2SError(f"chain_labels disjoint splits half B ({len(b)} rows) into "
+                           f"{n_learners} parts, and one has fewer than 2 rows; raise --n-train "
+                           "or use chain_labels kfold")
+        return parts
+
+    def _out_of_fold(self, name: str, seed: int, data: dict, labels: list[float]) -> list[float]:
+        """``name``'s out-of-fold p(label=1) on half B (``chain_labels: kfold``): per fold, a fit
+        on the other folds' rows with ``labels`` predicts the held-out fold."""
+        cfg, b = self.cfg, data["b"]
+        out = [0.0] * len(b)
+        for held in folds(list(range(len(b))), cfg.chain_folds, seed,
+                          group=lambda i: b[i]["text"]):
+            rest = sorted(set(range(len(b))) - set(held))
+            res = self.fit(name, "weak", [b[i] for i in rest],
+                           [[1.0 - labels[i], labels[i]] for i in rest], cfg.loss, seed, data,
+                           "intermediate_fold")
+            for i in held:
+                out[i] = res["b"][i]
+        return out
 
     # ---- models ------------------------------------------------------------------------------
     def source(self, name: str, role: str = "strong") -> str:
@@ -411,6 +452,11 @@ class Experiment:
 
 def _onehot(label: int) -> list[float]:
     return [1.0 - float(label), float(label)]
+
+
+def _agreement(probs: list[float], targets: list[float]) -> float:
+    """Share of rows where two p(label=1) lists give the same hard label."""
+    return sum((p > 0.5) == (t > 0.5) for p, t in zip(probs, targets, strict=True)) / len(probs)
 
 
 def _acc(probs: list[float], rows: list[dict]) -> float:
