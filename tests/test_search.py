@@ -225,6 +225,33 @@ def test_best_of_n_equals_cbs_1_n_inf():
     assert [len(t) for t in strace] == [1, 1, 1]          # L = inf: one chunk
 
 
+def test_eos_at_cut_scores_a_cut_candidate_as_ended():
+    """The authors append EOS to a candidate cut at max_new_tokens before scoring it: with
+    eos_at_cut, CBS's and best-of-N's scores of cut candidates are the from-scratch scores of
+    the text + EOS; without it, of the text alone."""
+    base_model, tok = tiny("llama-1x32", seed=0)
+    tuned, _ = tiny("llama-1x32", seed=1)
+    untuned, _ = tiny("llama-1x32", seed=2)
+    sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
+    scores = {}
+    for cut in (False, True):
+        for name in ("cbs", "bon"):
+            base, guide = HFBase(base_model, tok, chat=False), Guide(tuned, untuned, tok,
+                                                                     chat=False)
+            kw = dict(max_new_tokens=6, sampling=sampling, eos_at_cut=cut,
+                      generator=torch.Generator().manual_seed(3))
+            out = (cbs(base, guide, PROMPTS, w=2, k=2, l=3, **kw) if name == "cbs"
+                   else best_of_n(base, guide, PROMPTS, n=4, **kw))[0]
+            cut_rows = [(p, r) for p, r in zip(PROMPTS, out, strict=True) if not r["finished"]]
+            assert cut_rows  # 6 tokens: the tiny models do not stop that soon
+            ref = score_texts(tuned, untuned, tok, [p for p, _ in cut_rows],
+                              [r["response"] for _, r in cut_rows], [cut] * len(cut_rows),
+                              chat=False)
+            assert [r["score"] for _, r in cut_rows] == pytest.approx(ref["score"], abs=2e-4)
+            scores[name, cut] = [r["score"] for _, r in cut_rows]
+    assert scores["bon", True] != pytest.approx(scores["bon", False], abs=1e-3)
+
+
 def test_sampling_equals_cbs_1_1_inf_and_hf_generate():
     base_model, tok = tiny("llama-1x32", seed=0)
     tuned, _ = tiny("llama-1x32", seed=1)

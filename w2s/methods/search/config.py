@@ -62,6 +62,9 @@ class SearchConfig:
     sampling: Sampling = section(SearchSampling, "how the base model samples", inline=True)
     chat: bool = option(True, "wrap prompts in each model's chat template (when it has one); "
                         "--no-chat for plain-text continuation (IMDB, reviews)")
+    eos_at_cut: bool = option(False, "score a candidate cut at max_new_tokens with EOS appended, "
+                              "as if it ended there (the authors' code); off: scored as the "
+                              "unfinished text it is")
     judging: Judging = section(Judging, "the gold judge", inline=True)
     judge_reads: str = option("response", "what a text judge (cls:, vader, reward:) scores: the "
                               "response, or prompt+response (the authors' IMDB gold reward "

@@ -109,8 +109,12 @@ def _record(c: dict, selected: bool) -> dict:
 
 def cbs(base, guide: Guide, prompts: list[str], *, w: int, k: int, l: int | None,  # noqa: E741
         max_new_tokens: int, sampling: SamplingConfig, generator: torch.Generator | None,
-        compute: Compute | None = None) -> tuple[list[dict], list[list[list[dict]]]]:
+        compute: Compute | None = None, eos_at_cut: bool = False
+        ) -> tuple[list[dict], list[list[list[dict]]]]:
     """Chunk-level beam search CBS(W, K, L) over a batch of prompts (``l`` None = inf).
+
+    ``eos_at_cut``: a candidate cut at ``max_new_tokens`` is scored with EOS appended, as if it
+    ended there (the authors' code); off, it is scored as the unfinished text it is.
 
     ``base``: an :class:`~w2s.methods.search.base.HFBase` or :class:`~w2s.methods.search.base.ApiBase`;
     ``guide``: a :class:`~w2s.methods.search.guide.Guide`. Rows of every prompt are sampled and scored
@@ -136,9 +140,9 @@ def cbs(base, guide: Guide, prompts: list[str], *, w: int, k: int, l: int | None
             base.sample(chunk, sampling, generator)
         written += chunk
         texts, finished, lengths = base.texts(), list(base.finished), base.lengths()
-        with clock("guide"):
-            scores = guide.update(texts, finished)
         out_of_tokens = written >= max_new_tokens
+        with clock("guide"):
+            scores = guide.update(texts, [f or (eos_at_cut and out_of_tokens) for f in finished])
         keep: list[int] = []
         new_beam, new_trace, new_before = [], [], []
         for p, rs in _by_prompt(base.row_prompt).items():
@@ -184,10 +188,10 @@ def cbs(base, guide: Guide, prompts: list[str], *, w: int, k: int, l: int | None
 
 def best_of_n(base, guide: Guide, prompts: list[str], *, n: int, max_new_tokens: int,
               sampling: SamplingConfig, generator: torch.Generator | None,
-              compute: Compute | None = None, batch_size: int = 16
+              compute: Compute | None = None, batch_size: int = 16, eos_at_cut: bool = False
               ) -> tuple[list[dict], list[list[list[dict]]]]:
     """Best-of-N: ``n`` complete samples per prompt, each scored from scratch; the best one
-    (the first of equal scores)."""
+    (the first of equal scores). ``eos_at_cut`` as in :func:`cbs`."""
     compute = compute or Compute()
     clock = Clock(compute, getattr(base, "device", None))
     rows = [p for p in range(len(prompts)) for _ in range(n)]
@@ -196,7 +200,8 @@ def best_of_n(base, guide: Guide, prompts: list[str], *, n: int, max_new_tokens:
         base.sample(max_new_tokens, sampling, generator)
     texts, finished, lengths = base.texts(), list(base.finished), base.lengths()
     with clock("guide"):
-        s = guide.score_texts([prompts[p] for p in rows], texts, finished, batch_size=batch_size)
+        s = guide.score_texts([prompts[p] for p in rows], texts,
+                              [f or eos_at_cut for f in finished], batch_size=batch_size)
     results, traces = [], []
     for _p, rs in _by_prompt(rows).items():
         cands = [{"id": f"0.{j}", "parent": None, "row": r, "chunk": texts[r], "text": texts[r],

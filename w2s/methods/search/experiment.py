@@ -194,11 +194,11 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
         if name == "cbs":
             out = cbs(base, guide, batch, w=cfg.w, k=cfg.k, l=plan["l"],
                       max_new_tokens=cfg.max_new_tokens, sampling=sampling, generator=generator,
-                      compute=compute)
+                      compute=compute, eos_at_cut=cfg.eos_at_cut)
         elif name == "bon":
             out = best_of_n(base, guide, batch, n=plan["bon_n"], max_new_tokens=cfg.max_new_tokens,
                             sampling=sampling, generator=generator, compute=compute,
-                            batch_size=cfg.score_batch_size)
+                            batch_size=cfg.score_batch_size, eos_at_cut=cfg.eos_at_cut)
         elif name == "sample":
             out = plain_sample(base, batch, max_new_tokens=cfg.max_new_tokens, sampling=sampling,
                                generator=generator, compute=compute)
@@ -237,7 +237,8 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
         if missing:  # sampling and EFT keep no guide score: read their answers once
             s = models["guide"].score_texts([prompts[i] for i in missing],
                                             [results[i]["response"] for i in missing],
-                                            [results[i]["finished"] for i in missing],
+                                            [results[i]["finished"] or cfg.eos_at_cut
+                                             for i in missing],
                                             batch_size=cfg.score_batch_size)
             for j, i in enumerate(missing):
                 results[i].update(score=s["score"][j], logp_tuned=s["tuned"][j],
