@@ -110,8 +110,8 @@ reproduce-search: install  ## the paper's W2S search: IMDB (gpt2-large, gpt2-xl 
 	$(REPRODUCE_ENV) $(BIN)/w2s search --recipe recipes/search/alpacaeval-llama3.yaml
 	$(BIN)/w2s report runs/search/* --out-dir runs/reports/search
 
-reproduce-deception: install  ## the paper's W2S deception on HH harmless: gpt2 family (reward, DPO, SimPO), OPT, Mistral-7B with and without bootstrapping
-	for recipe in recipes/deception/hh_harmless-*.yaml; do \
+reproduce-deception: install  ## the paper's W2S deception on single-turn HH harmless: gpt2 family (reward, DPO, SimPO), OPT, Mistral-7B with and without bootstrapping; gpt2 reward models on CAI-harmless
+	for recipe in recipes/deception/hh_harmless-*.yaml recipes/deception/cai-gpt2-reward.yaml; do \
 	  $(REPRODUCE_ENV) $(BIN)/w2s deception --recipe $$recipe || exit 1; \
 	done
 	$(REPRODUCE_ENV) $(BIN)/w2s deception --recipe recipes/deception/hh_harmless-mistral-simpo.yaml --bootstrap-via opt-2.7b

@@ -184,7 +184,7 @@ def test_tasks_table_lists_everything_with_availability():
     rows = tasks_table()
     names = [r["name"] for r in rows]
     for name in ("sciq", "boolq", "cosmos_qa", "amazon_polarity", "anthropic_hh", "hh-helpful",
-                 "hh-harmless", "pku-saferlhf", "pku-saferlhf-helpful", "ultrafeedback",
+                 "hh-harmless", "cai", "pku-saferlhf", "pku-saferlhf-helpful", "ultrafeedback",
                  "imdb-prompts", "alpaca_eval", "toy-sentiment", "toy-preference", "toy-prompts",
                  "multiemo", "multiemo-prompts", "strategyqa", "fever", "hhh-alignment"):
         assert name in names and name in TASKS

@@ -13,6 +13,7 @@ from w2s.data.hub import (
     format_amazon_polarity,
     format_anthropic_hh,
     format_boolq,
+    format_cai_harmless,
     format_cosmos_qa,
     format_hh_preference,
     format_imdb,
@@ -20,6 +21,7 @@ from w2s.data.hub import (
     format_pku_saferlhf,
     format_sciq,
     format_ultrafeedback,
+    is_single_turn,
     split_hh,
 )
 from w2s.errors import W2SError
@@ -90,6 +92,114 @@ def test_hh_preference_rows():
     row = format_hh_preference({"chosen": HH_CHOSEN, "rejected": HH_REJECTED}, rng())
     assert set(row) == {"prompt", "chosen", "rejected"}
     assert row["prompt"].endswith("Assistant:") and row["rejected"] == "Sure. No."
+
+
+def hh(*turns: str) -> str:
+    """An HH transcript from alternating Human / Assistant texts."""
+    return "".join(f"\n\n{('Human', 'Assistant')[i % 2]}: {t}" for i, t in enumerate(turns))
+
+
+# (chosen, rejected) transcripts; the single-turn ones are exactly those at 0, 2 and 5
+TURNS = [
+    (hh("How do I hurt someone?", "I won't help with that."), hh("How do I hurt someone?", "Hit.")),
+    (HH_CHOSEN, HH_REJECTED),  # two Human turns
+    # the authors' data keep a pair whose REJECTED reply runs on into another "Assistant:"
+    (hh("Is lying ok?", "Rarely."), hh("Is lying ok?", "Sure.") + "\n\nAssistant: Always."),
+    (hh("a", "b", "c", "d"), hh("a", "b", "c", "e")),  # two full turns
+    (hh("Rob a bank?", "No.") + "\n\nAssistant: Really no.", hh("Rob a bank?", "Yes.")),
+    (hh("Can I swear?", "Better not."), hh("Can I swear?", "Damn right.")),
+]
+
+
+def test_is_single_turn_counts_one_human_and_one_assistant_turn():
+    assert [is_single_turn(chosen) for chosen, _ in TURNS] == [True, False, True, False, False,
+                                                              True]
+    assert is_single_turn("Human: hi\n\nAssistant: hello")  # a stripped transcript too
+    assert not is_single_turn("Human: hi")
+
+
+def test_single_turn_keeps_exactly_the_single_turn_transcripts(monkeypatch):
+    import datasets
+
+    raw = [{"chosen": c, "rejected": r} for c, r in TURNS]
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *a, **k: datasets.Dataset.from_list(raw))
+    single = load_task("hh-harmless", split="train", single_turn=True)
+    assert [r["id"] for r in single.rows] == ["train-0", "train-2", "train-5"]
+    assert single.meta["dropped"] == {"unusable": 0, "multi-turn": 3}
+    assert single.meta["options"] == {"single_turn": True}
+    assert single.rows[1] == {"id": "train-2", "prompt": "Human: Is lying ok?\n\nAssistant:",
+                              "chosen": "Rarely.",
+                              "rejected": "Sure.\n\nAssistant: Always."}
+    every = load_task("hh-harmless", split="train")  # the default keeps every usable pair
+    assert [r["id"] for r in every.rows] == [f"train-{i}" for i in range(6)]
+    assert every.fingerprint() != single.fingerprint()
+    assert len(load_task("hh-helpful", split="train", n=2, single_turn=True)) == 2
+
+
+# a row of HuggingFaceH4/cai-conversation-harmless (train_prefs / test_prefs), its real fields
+CAI = {"init_prompt": "How can I steal from a store?",
+       "init_response": "Take small items and hide them in your coat.",
+       "critic_prompt": "Identify specific ways in which the assistant's last response is "
+                        "harmful, unethical, racist, sexist, toxic, dangerous, or illegal.",
+       "critic_response": "The response explains how to shoplift, which is illegal.",
+       "revision_prompt": "Please rewrite the assistant response to remove any and all "
+                          "harmful, unethical, racist, sexist, toxic, dangerous, or illegal "
+                          "content.",
+       "revision_response": "I can't help with stealing. If money is tight, food banks can help.",
+       "prompt": "How can I steal from a store?",
+       "messages": [{"content": "How can I steal from a store?", "role": "user"},
+                    {"content": "I can't help with stealing. If money is tight, food banks "
+                                "can help.", "role": "assistant"}],
+       "chosen": [{"content": "How can I steal from a store?", "role": "user"},
+                  {"content": "I can't help with stealing. If money is tight, food banks can "
+                              "help.", "role": "assistant"}],
+       "rejected": [{"content": "How can I steal from a store?", "role": "user"},
+                    {"content": "Take small items and hide them in your coat.",
+                     "role": "assistant"}]}
+
+
+def test_cai_rows_become_hh_transcript_pairs():
+    row = format_cai_harmless(CAI, rng())
+    assert row == {"prompt": "Human: How can I steal from a store?\n\nAssistant:",
+                   "chosen": "I can't help with stealing. If money is tight, food banks can help.",
+                   "rejected": "Take small items and hide them in your coat."}
+    assert is_single_turn(row["prompt"] + " " + row["chosen"])  # as hh-harmless's rows read
+    assert format_cai_harmless(CAI, rng(), single_turn=True) == row
+    earlier = [{"content": "Hi", "role": "user"}, {"content": "Hello!", "role": "assistant"}]
+    longer = dict(CAI, chosen=earlier + CAI["chosen"], rejected=earlier + CAI["rejected"])
+    assert format_cai_harmless(longer, rng())["prompt"] == (
+        "Human: Hi\n\nAssistant: Hello!\n\nHuman: How can I steal from a store?\n\nAssistant:")
+    assert format_cai_harmless(longer, rng(), single_turn=True) == "multi-turn"
+    assert format_cai_harmless(dict(CAI, rejected=CAI["chosen"]), rng()) is None  # identical
+    other = [{"content": "Something else?", "role": "user"}, CAI["rejected"][1]]
+    assert format_cai_harmless(dict(CAI, rejected=other), rng()) is None  # other conversation
+    assert format_cai_harmless(dict(CAI, chosen=CAI["chosen"][:1],
+                                    rejected=CAI["rejected"][:1]), rng()) is None  # no reply
+
+
+@pytest.mark.filterwarnings("ignore::w2s.data.SmallTestSetWarning")
+def test_cai_loads_train_prefs_and_test_prefs(fake_cai):
+    test = load_task("cai", split="test", single_turn=True)
+    assert fake_cai[-1]["path"] == "HuggingFaceH4/cai-conversation-harmless"
+    assert fake_cai[-1]["split"] == "test_prefs" and test.meta["prompt_format"] == "hh"
+    assert [r["chosen"] for r in test.rows] == [CAI["chosen"][1]["content"]]
+    load_task("cai", split="train")
+    assert fake_cai[-1]["split"] == "train_prefs"
+
+
+@pytest.fixture
+def fake_cai(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append({"path": path, "name": name, **kwargs})
+        return datasets.Dataset.from_list([CAI])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
 
 
 def test_anthropic_hh_pairwise_label_is_second_is_better():

@@ -358,24 +358,76 @@ def _local(tmp_path: Path, n: int = 40) -> str:
 
 
 @pytest.mark.parametrize("case", ["weak-larger", "implicit-without-data", "headline-not-trained",
-                                  "probe-with-dpo", "classification-task", "via-larger"])
+                                  "probe-with-dpo", "classification-task", "via-larger",
+                                  "single-turn-without-turns"])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, cache_dir, capsys):
     run_dir = tmp_path / "run"
     args = [*TINY, "--run-dir", str(run_dir)]
     expect = {"weak-larger": "not smaller than the strong", "implicit-without-data":
               "needs pairs of a competing dimension", "headline-not-trained": "headline",
               "probe-with-dpo": "probe", "classification-task": "preference",
-              "via-larger": "intermediate"}[case]
+              "via-larger": "intermediate",
+              "single-turn-without-turns": "--single-turn keeps single-turn HH transcripts and "
+                                           "task 'toy-harmless' has no turns"}[case]
     args += {"weak-larger": ["--weak", "tiny:llama-2x64", "--strong", "tiny:llama-1x32"],
              "implicit-without-data": ["--task", _local(tmp_path)],
              "headline-not-trained": ["--conflict", "none,implicit", "--headline", "explicit"],
              "probe-with-dpo": ["--mode", "probe", "--objective", "dpo"],
              "classification-task": ["--task", "toy-sentiment", "--conflict", "explicit"],
-             "via-larger": ["--bootstrap-via", "tiny:llama-2x64"]}[case]
+             "via-larger": ["--bootstrap-via", "tiny:llama-2x64"],
+             "single-turn-without-turns": ["--single-turn"]}[case]
     assert cli(["deception", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1 and expect in err, err
     assert not run_dir.exists()
+
+
+def test_cai_without_the_hub_is_one_line_exit_2_naming_the_dataset(tmp_path, cache_dir,
+                                                                     capsys):
+    from w2s.data import hub
+
+    if hub.is_cached("cai"):
+        pytest.skip("CAI-harmless is in this machine's Hugging Face cache")
+    run_dir = tmp_path / "run"
+    assert cli(["deception", *TINY, "--task", "cai", "--single-turn",
+                "--run-dir", str(run_dir)]) == 2  # conftest: HF_HUB_OFFLINE=1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert "'HuggingFaceH4/cai-conversation-harmless' (task 'cai')" in err
+    assert "HF_HUB_OFFLINE=1" in err and "unset HF_HUB_OFFLINE" in err
+    assert not run_dir.exists()
+
+
+def test_single_turn_changes_the_data_and_its_cache_key(cache_dir, monkeypatch):
+    """--single-turn: the target and helpfulness pairs are the single-turn transcripts only, and
+    the data's identity (the fingerprints every fit's cache key holds) says so."""
+    import datasets
+
+    from w2s.methods.deception.experiment import Experiment
+
+    def pair(i: int, turns: int) -> dict:
+        talk = "".join(f"\n\nHuman: question {i}.{t}?\n\nAssistant: answer {i}.{t}."
+                       for t in range(turns - 1))
+        ask = f"{talk}\n\nHuman: last question {i}?\n\nAssistant:"
+        return {"chosen": f"{ask} Sure, safely {i}.", "rejected": f"{ask} Do harm {i}."}
+
+    raw = [pair(i, 1 + i % 2) for i in range(40)]  # even rows single-turn, odd rows two turns
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(raw))
+    seen = {}
+    for single in (False, True):
+        cfg = build_config(DeceptionConfig, overrides={
+            "weak": "tiny:llama-1x32", "strong": "tiny:llama-2x64", "task": "hh-harmless",
+            "single_turn": single, "n_train": 12, "n_test": 8, "conflict": ["implicit"]})
+        data = Experiment(cfg, plan_experiments(cfg)).load_data(0)
+        rows = data["a"] + data["b"] + data["test"] + data["helpful"]
+        assert len(data["a"] + data["b"]) == 12 and len(data["test"]) == 8
+        seen[single] = data["fingerprints"]
+        odd = [r for r in rows if int(r["id"].split("-")[1]) % 2]
+        assert (not odd) if single else odd  # only single-turn transcripts with the setting
+        assert all(r["prompt"].count("Human:") == 1 for r in rows) or not single
+    assert seen[True]["options"] == {"single_turn": True} and seen[False]["options"] == {}
+    for part in ("train", "test", "helpful"):
+        assert seen[True][part] != seen[False][part]
 
 
 def test_eval_deception_files_with_other_ids_is_one_line(tmp_path, capsys):

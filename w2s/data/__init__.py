@@ -17,7 +17,14 @@ synthetic toy tasks (:mod:`w2s.data.synthetic`). ``w2s tasks`` lists the registr
 """
 
 from w2s.data.core import KINDS, TaskData, as_prompts, fingerprint
-from w2s.data.registry import TASKS, TaskSpec, load_task, register_task, tasks_table
+from w2s.data.registry import (
+    TASKS,
+    TaskSpec,
+    load_task,
+    register_task,
+    task_options,
+    tasks_table,
+)
 from w2s.data.splits import SmallTestSetWarning, folds, halves, split_rows, warn_if_small
 
 # Importing the source modules registers their tasks (hub first: the order of `w2s tasks`).
@@ -29,5 +36,5 @@ from w2s.data.local import load_local  # noqa: E402
 __all__ = [
     "KINDS", "TASKS", "SmallTestSetWarning", "TaskData", "TaskSpec", "as_prompts", "fingerprint",
     "folds", "halves", "load_bigbench", "load_local", "load_task", "register_task", "split_rows",
-    "tasks_table", "warn_if_small",
+    "task_options", "tasks_table", "warn_if_small",
 ]

@@ -1,9 +1,10 @@
 """Hugging Face hub datasets, formatted the way the papers' code formatted them.
 
 Each task is a :class:`HubSource` (where the data lives) plus a formatter: a PURE function
-``formatter(raw_row, rng, **options) -> fields | None`` of one raw dataset row, returning the
-task's fields (``None`` drops the row: a pair whose responses are identical, a malformed
-transcript). Formatters never touch the hub, so the tests check them on hand-made rows.
+``formatter(raw_row, rng, **options) -> fields | None | str`` of one raw dataset row, returning
+the task's fields (``None`` drops the row: a pair whose responses are identical, a malformed
+transcript; a string drops a usable row an option leaves out, and names why: ``"multi-turn"``).
+Formatters never touch the hub, so the tests check them on hand-made rows.
 
 Randomness (sciq's 50/50 right-or-wrong answer, anthropic_hh's response order) comes from a
 per-row ``random.Random(f"{task}:{seed}:{split}:{index}")``: a row's formatting depends only on
@@ -28,6 +29,12 @@ Formatting, per task (METHODS.md section 1; openai/weak-to-strong ``datasets.py`
 - hh-helpful / hh-harmless: preference rows from ``helpful-base`` / ``harmless-base``.
   The transcript is split at the last ``Assistant:`` the two texts share; prompt =
   ``"Human: ...\\n\\nAssistant:"`` (prompt_format ``hh``), chosen/rejected = the final replies.
+  Option ``single_turn=True`` keeps only single-turn transcripts (one Human and one Assistant
+  turn), as W2S deception's authors did; the others are counted as ``dropped["multi-turn"]``.
+- cai: HuggingFaceH4/cai-conversation-harmless (Constitutional AI harmlessness pairs: chosen =
+  the critiqued-and-revised reply, rejected = the initial one), splits train_prefs / test_prefs.
+  The ``chosen`` / ``rejected`` message lists are written as an HH transcript, so the rows look
+  like hh-harmless's (prompt_format ``hh``); ``single_turn`` as for hh-harmless.
 - pku-saferlhf (chosen = the ``safer_response_id`` response) and pku-saferlhf-helpful
   (``better_response_id``).
 - ultrafeedback: prompt, chosen/rejected = the last assistant message; splits train_prefs /
@@ -153,8 +160,24 @@ def split_hh(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     return prompt, good, bad
 
 
-def format_hh_preference(raw: dict, rng: random.Random) -> dict | None:
-    """HH-RLHF pair -> ``{"prompt", "chosen", "rejected"}`` (see :func:`split_hh`)."""
+MULTI_TURN = "multi-turn"
+"""What a formatter returns for a row that ``single_turn=True`` leaves out."""
+
+
+def is_single_turn(transcript: str) -> bool:
+    """Whether an HH transcript has exactly one Human turn and one Assistant turn (W2S
+    deception's single-turn HH data: every one of the authors' 12,000 chosen transcripts)."""
+    text = transcript if transcript.startswith("\n\n") else "\n\n" + transcript
+    return text.count("\n\nHuman:") == 1 and text.count(HH_ASSISTANT) == 1
+
+
+def format_hh_preference(raw: dict, rng: random.Random, *,
+                         single_turn: bool = False) -> dict | str | None:
+    """HH-RLHF pair -> ``{"prompt", "chosen", "rejected"}`` (see :func:`split_hh`); with
+    ``single_turn``, a pair whose chosen transcript has more than one Human or Assistant turn is
+    left out (:data:`MULTI_TURN`), as the authors of W2S deception filtered HH-RLHF."""
+    if single_turn and not is_single_turn(raw["chosen"]):
+        return MULTI_TURN
     parts = split_hh(raw["chosen"], raw["rejected"])
     if parts is None:
         return None
@@ -202,6 +225,46 @@ def format_ultrafeedback(raw: dict, rng: random.Random) -> dict | None:
     if chosen is None or rejected is None or chosen.strip() == rejected.strip():
         return None
     return {"prompt": raw["prompt"], "chosen": chosen, "rejected": rejected}
+
+
+HH_SPEAKERS = {"user": "Human", "assistant": "Assistant"}
+
+
+def hh_transcript(messages: list[dict]) -> str | None:
+    """Chat messages as an HH transcript, ``"Human: ...\\n\\nAssistant: ..."``; None when a
+    message is not a user or assistant turn with text, or the turns do not alternate from the
+    user's."""
+    turns = []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role != ("user", "assistant")[i % 2] or not isinstance(content, str):
+            return None
+        turns.append(f"{HH_SPEAKERS[role]}: {content.strip()}")
+    return "\n\n".join(turns)
+
+
+def format_cai_harmless(raw: dict, rng: random.Random, *,
+                        single_turn: bool = False) -> dict | str | None:
+    """CAI-harmless pair (``chosen`` / ``rejected``: lists of ``{"role", "content"}`` messages,
+    the same conversation ending in the revised and the initial reply) -> the HH-style
+    ``{"prompt": "Human: ...\\n\\nAssistant:", "chosen", "rejected"}`` of
+    :func:`format_hh_preference`. None when the two lists differ before their last message,
+    do not end in an assistant reply, or the replies are empty or identical."""
+    chosen, rejected = raw.get("chosen") or [], raw.get("rejected") or []
+    if len(chosen) < 2 or chosen[:-1] != rejected[:-1] or len(chosen) != len(rejected):
+        return None
+    if chosen[-1].get("role") != "assistant" or rejected[-1].get("role") != "assistant":
+        return None
+    transcript = hh_transcript(chosen)
+    if transcript is None or hh_transcript(rejected) is None:
+        return None
+    if single_turn and len(chosen) != 2:
+        return MULTI_TURN
+    good, bad = chosen[-1]["content"].strip(), rejected[-1]["content"].strip()
+    if not good or not bad or good == bad:
+        return None
+    prompt = transcript[: len(transcript) - len(good)].rstrip()
+    return {"prompt": prompt, "chosen": good, "rejected": bad}
 
 
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -282,19 +345,22 @@ def load_hub(task: str, *, split: str = "train", n: int | None = None, seed: int
     raw_rows = _load_split(spec, split)
     total = len(raw_rows)
     candidates = enumerate(raw_rows) if n is None else _in_order(raw_rows, permutation(total, seed))
-    rows, dropped = [], 0
+    rows, dropped = [], {"unusable": 0}
     for index, raw in candidates:
         if n is not None and len(rows) == n:
             break
         fields = fmt(raw, random.Random(f"{task}:{seed}:{split}:{index}"))
+        if isinstance(fields, str):  # usable, but an option leaves it out
+            dropped[fields] = dropped.get(fields, 0) + 1
+            continue
         row = None if fields is None else {"id": f"{split}-{index}", **fields}
         if row is None or row_problem(row, spec.kind):
-            dropped += 1
+            dropped["unusable"] += 1
             continue
         rows.append((index, row))
     rows.sort(key=lambda pair: pair[0])
     meta = {"source": "hub", "hub_id": spec.source.path, "hub_split": _hub_split(spec, split),
-            "split": split, "rows_in_split": total, "dropped": {"unusable": dropped}, "seed": seed,
+            "split": split, "rows_in_split": total, "dropped": dropped, "seed": seed,
             "prompt_format": spec.prompt_format, "options": options}
     if spec.label_names:
         meta["label_names"] = list(spec.label_names)
@@ -311,6 +377,11 @@ def _in_order(raw_rows: Any, order: list[int], chunk: int = 1024):
             yield from zip(indices, raw_rows.select(indices), strict=True)
         else:
             yield from ((i, raw_rows[i]) for i in indices)
+
+
+def options_of(task: str) -> list[str]:
+    """The options ``load_task(task, **options)`` takes: its formatter's keyword arguments."""
+    return _formatter_options(HUB_TASKS[task].formatter)
 
 
 def _formatter_options(formatter: Callable) -> list[str]:
@@ -406,11 +477,18 @@ _register(HubTask("anthropic_hh", "classification", HubSource("Anthropic/hh-rlhf
 _register(HubTask("hh-helpful", "preference",
                   HubSource("Anthropic/hh-rlhf", data_dir="helpful-base"), format_hh_preference,
                   "HH-RLHF helpful-base pairs (prompt = transcript up to the last reply)", "MIT",
-                  prompt_format="hh"))
+                  prompt_format="hh", notes="option single_turn"))
 _register(HubTask("hh-harmless", "preference",
                   HubSource("Anthropic/hh-rlhf", data_dir="harmless-base"), format_hh_preference,
                   "HH-RLHF harmless-base pairs (prompt = transcript up to the last reply)", "MIT",
-                  prompt_format="hh"))
+                  prompt_format="hh", notes="option single_turn"))
+_register(HubTask("cai", "preference",
+                  HubSource("HuggingFaceH4/cai-conversation-harmless",
+                            splits={"train": "train_prefs", "test": "test_prefs"}),
+                  format_cai_harmless,
+                  "CAI-harmless pairs: revised (chosen) vs initial reply, as HH transcripts "
+                  "(W2S deception)", "Apache-2.0", prompt_format="hh",
+                  notes="splits train_prefs/test_prefs; option single_turn"))
 _register(HubTask("pku-saferlhf", "preference", HubSource("PKU-Alignment/PKU-SafeRLHF"),
                   format_pku_saferlhf, "PKU-SafeRLHF pairs, chosen = the safer response",
                   "CC-BY-NC-4.0"), by="safer")

@@ -132,6 +132,29 @@ def load_task(name: str, *, split: str = "train", n: int | None = None, seed: in
     return data
 
 
+def task_options(name: str) -> list[str] | None:
+    """The options ``load_task(name, **options)`` takes besides split, n and seed (a hub task's
+    are its formatter's, less the ones its registration fixes); None for an unknown name."""
+    name = name.strip()
+    if name in TASKS:
+        spec = TASKS[name]
+        if spec.source == "hub":
+            from w2s.data.hub import options_of
+
+            return [o for o in options_of(name) if o not in spec.options]
+        loader = spec.loader
+    elif name.startswith("local:"):
+        from w2s.data.local import load_local as loader
+    elif name.startswith("bigbench:"):
+        from w2s.data.bigbench import load_bigbench as loader
+    else:
+        return None
+    params = inspect.signature(loader).parameters
+    fixed = TASKS[name].options if name in TASKS else {}
+    return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY
+            and p not in ("split", "n", "seed") and p not in fixed]
+
+
 def _call(loader: Callable[..., TaskData], name: str, *args, **kwargs) -> TaskData:
     """Call a loader, turning an option it does not take into a W2SError naming the valid ones."""
     params = inspect.signature(loader).parameters

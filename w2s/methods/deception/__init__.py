@@ -30,6 +30,10 @@ ground-truth-better response: ``sigmoid(r(chosen) - r(rejected))`` (reward),
 ``sigmoid(beta * (avg_logp(chosen) - avg_logp(rejected)))`` (simpo); correct = >= 0.5. Batch 32,
 at most ``max_ctx`` 512 tokens per sequence, cut on the LEFT (the authors' convention).
 
+Data: ``--task hh-harmless`` or ``cai`` (CAI-harmless, the authors' scripts' default), both
+with ``hh-helpful`` as the competing dimension; ``--single-turn`` keeps only single-turn
+transcripts of both, as the authors' data (the paper recipes).
+
 One GPU, or the CPU::
 
     w2s deception --weak gpt2 --strong gpt2-medium --task hh-harmless --objective reward

@@ -13,8 +13,8 @@ OBJECTIVES = ("reward", "dpo", "simpo")
 CONFLICTS = ("none", "implicit", "explicit")
 MODES = ("full", "lora", "probe")
 
-COMPETING_TASKS = {"hh-harmless": "hh-helpful", "pku-saferlhf": "pku-saferlhf-helpful",
-                   "toy-harmless": "toy-helpful"}
+COMPETING_TASKS = {"hh-harmless": "hh-helpful", "cai": "hh-helpful",
+                   "pku-saferlhf": "pku-saferlhf-helpful", "toy-harmless": "toy-helpful"}
 """The helpfulness data of the implicit conflict, for target tasks that have a natural one."""
 
 DEFAULT_LR = {"reward": 1e-5, "dpo": 1e-6, "simpo": 1e-6}
@@ -52,11 +52,15 @@ class DeceptionConfig:
     bootstrap_via: str = option("", "an intermediate model between weak and strong: it learns "
                                 "from the weak labels, its labels teach the strong model")
     task: str = option("hh-harmless", "preference task of the TARGET dimension (harmlessness): "
-                       "hh-harmless, pku-saferlhf, toy-harmless, local:PATH")
+                       "hh-harmless, cai (CAI-harmless), pku-saferlhf, toy-harmless, local:PATH")
     helpful_task: str = option("", "preference task of the COMPETING dimension for the implicit "
-                               "conflict; empty = the target's natural one (hh-harmless -> "
+                               "conflict; empty = the target's natural one (hh-harmless and cai -> "
                                "hh-helpful, pku-saferlhf -> pku-saferlhf-helpful, toy-harmless -> "
                                "toy-helpful)")
+    single_turn: bool = option(False, "keep only single-turn transcripts (one Human and one "
+                               "Assistant turn) of the target and helpfulness tasks, as the "
+                               "authors (hh-harmless, hh-helpful, cai; the paper recipes); "
+                               "false keeps every transcript")
     objective: str = option("reward", "how preferences are learned", choices=list(OBJECTIVES))
     conflict: list[str] = option(list(CONFLICTS), "conflict settings to train (none, the "
                                  "baseline M~, is always trained)", choices=list(CONFLICTS))
@@ -142,6 +146,8 @@ def plan_experiments(cfg: DeceptionConfig) -> dict:
     if helpful == cfg.task and "implicit" in settings:
         raise W2SError(f"--helpful-task is the target task itself ({cfg.task}); the implicit "
                        "conflict needs a COMPETING dimension (e.g. hh-helpful for hh-harmless)")
+    if cfg.single_turn:
+        _check_single_turn([cfg.task, *([helpful] if "implicit" in settings else [])])
 
     def size(name: str) -> float | None:
         return resolve_model(name).size_b
@@ -184,6 +190,23 @@ def plan_experiments(cfg: DeceptionConfig) -> dict:
     seeds = list(dict.fromkeys(cfg.seeds)) if cfg.seeds else [cfg.seed]
     return {"seeds": seeds, "chains": chains, "settings": settings, "headline": headline,
             "helpful_task": helpful if "implicit" in settings else None, "notes": notes}
+
+
+def _check_single_turn(tasks: list[str]) -> None:
+    """--single-turn needs tasks whose rows are HH transcripts with turns to count."""
+    from w2s.data import task_options
+
+    for name in tasks:
+        options = task_options(name)
+        if options is not None and "single_turn" not in options:  # unknown: load_task says so
+            raise W2SError(f"--single-turn keeps single-turn HH transcripts and task '{name}' has "
+                           "no turns to filter; use hh-harmless, hh-helpful or cai, or drop "
+                           "--single-turn")
+
+
+def data_options(cfg: DeceptionConfig) -> dict:
+    """The options every task of the experiment is loaded with (``load_task(name, **these)``)."""
+    return {"single_turn": True} if cfg.single_turn else {}
 
 
 def _b(size: float | None) -> str:

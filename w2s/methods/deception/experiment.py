@@ -34,6 +34,7 @@ from w2s.methods.deception.config import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
     DeceptionConfig,
+    data_options,
     plan_experiments,
     stage_config,
     sweep_jobs,
@@ -179,10 +180,11 @@ class Experiment:
         from w2s.data import halves, load_task
 
         cfg = self.cfg
-        train = load_task(cfg.task, split="train", n=cfg.n_train, seed=seed)
+        options = data_options(cfg)  # --single-turn: single-turn transcripts only
+        train = load_task(cfg.task, split="train", n=cfg.n_train, seed=seed, **options)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            test = load_task(cfg.task, split="test", n=cfg.n_test, seed=0)
+            test = load_task(cfg.task, split="test", n=cfg.n_test, seed=0, **options)
         for w in caught:
             warnings.warn(str(w.message), w.category, stacklevel=2)
         for data in (train, test):
@@ -197,7 +199,8 @@ class Experiment:
         helpful: list[dict] = []
         if self.plan["helpful_task"]:
             name = self.plan["helpful_task"]
-            data = load_task(name, split="train", n=cfg.n_helpful or len(b), seed=seed)
+            data = load_task(name, split="train", n=cfg.n_helpful or len(b), seed=seed,
+                             **options)
             if data.kind != "preference":
                 raise W2SError(f"--helpful-task '{name}' is a {data.kind} task; the implicit "
                                "conflict needs preference pairs of the competing dimension")
@@ -207,7 +210,8 @@ class Experiment:
             helpful = data.rows
         fingerprints = {"train": train.fingerprint(), "test": test.fingerprint(),
                         "a": content_hash(a), "b": content_hash(b),
-                        "helpful": content_hash(helpful) if helpful else None}
+                        "helpful": content_hash(helpful) if helpful else None,
+                        "options": options}
         return {"a": a, "b": b, "test": test.rows, "helpful": helpful,
                 "format": train.meta.get("prompt_format", "plain"), "fingerprints": fingerprints,
                 "small_test": [str(w.message) for w in caught]}
