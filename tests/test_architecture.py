@@ -39,7 +39,7 @@ LAYERS: list[set[str]] = [
     {"w2s.tiny"},  # tiny models pretrained through the loop (tinyworld, corpus stages)
     {"w2s.evaluation"},  # metrics, judges, reports
     {"w2s.methods"},  # the registry and one package per method
-    {"w2s.lab", "w2s.cli", "w2s.__main__"},  # entry points
+    {"w2s.lab", "w2s.cli", "w2s.cli_eval", "w2s.console", "w2s.__main__"},  # entry points
 ]
 
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}

@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_origin
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from w2s.cli_eval import eval_app
 from w2s.config import FlatField, build_config, flat_fields
+from w2s.console import _cell, _print_table, console, err_console, register_model_builders
 from w2s.errors import W2SError
-
-# Piped output (files, CI logs) gets a wide fixed width instead of rich's 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 app = typer.Typer(
     name="w2s",
@@ -36,24 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-eval_app = typer.Typer(help="The evaluation layer on its own, over recorded runs or files.",
-                       no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
-
-
-# --------------------------------------------------------------------------------------------
-# the model layer's builders
-
-
-def register_model_builders() -> None:
-    """Let the model layer load the names it cannot make itself: ``tiny:llama-2x64+toy-sentiment``
-    is a tiny model that is TRAINED on a corpus first, by :mod:`w2s.tiny`, which sits above the
-    model layer and fills its table of builders (:mod:`w2s.models.builders`) when imported.
-
-    Called when a command that may load a model starts, never at import: :mod:`w2s.tiny` imports
-    torch, and `w2s --help` stays torch-free.
-    """
-    import w2s.tiny  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,67 +181,6 @@ def alias_main(argv: list[str] | None = None, *, alias: str | None = None) -> No
     main([spec.name, *(sys.argv[1:] if argv is None else argv)])
 
 
-@eval_app.command("winrate")
-def eval_winrate_cmd(
-    candidate: Path = typer.Option(..., "--candidate", help="candidate generations: .jsonl "
-                                   "{id, prompt, response} rows or AlpacaEval .json"),
-    baseline: Path = typer.Option(..., "--baseline", help="baseline generations, same formats"),
-    judge: str = typer.Option(..., "--judge", help="vader | reward:NAME | rm:MODEL | "
-                              "cls:MODEL:LABEL | llm:MODEL | api:URL[#MODEL]"),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
-                                           "(default runs/winrate/<time>-<hash>)"),
-    batch_size: int = typer.Option(8, "--batch-size", help="model judges: rows per forward pass"),
-    device: str = typer.Option("auto", "--device", help="model judges: auto, cpu, cuda, mps"),
-    timeout: float = typer.Option(60.0, "--timeout", help="api judge: seconds per request"),
-    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request "
-                                    "(exponential backoff)"),
-    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="api judge: at most "
-                                               "this many requests per second"),
-    workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
-    judge_cache: Optional[Path] = typer.Option(
-        None, "--judge-cache", help="api judge: folder of the judgment cache (default "
-        "<w2s cache>/judgments)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
-    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
-) -> None:
-    """Win rate of --candidate against --baseline under a judge (rows pair by id, else prompt).
-
-    Pairwise judges see every pair in both orders (disagreement = tie); reward judges score each
-    output (higher wins). Writes a run directory: config.yaml, env.json (judge identity),
-    judgments.jsonl, metrics.json (win_rate, win_rate_se, wins/ties/losses, lc_win_rate, ...).
-    """
-    from w2s.evaluation.winrate import eval_winrate
-
-    if "tiny:" in judge:  # a model judge (rm:, cls:, llm:) on a tiny model; api: stays light
-        register_model_builders()
-    cache = False if no_cache else (judge_cache or True)
-    metrics, path = eval_winrate(candidate, baseline, judge, run_dir=run_dir, cache=cache,
-                                 batch_size=batch_size, device=device, timeout=timeout,
-                                 max_retries=max_retries, rate_limit=rate_limit, workers=workers)
-    if as_json:
-        console.print_json(json.dumps(metrics))
-        return
-    table = Table(title=escape(f"win rate: {candidate.name} vs {baseline.name} ({judge})"))
-    for col in ("win rate", "s.e.", "LC win rate", "wins", "ties", "losses", "n", "unmatched"):
-        table.add_column(col)
-    um = metrics["unmatched"]
-    table.add_row(_cell(metrics["win_rate"]), _cell(metrics["win_rate_se"]),
-                  _cell(metrics["lc_win_rate"]), str(metrics["wins"]), str(metrics["ties"]),
-                  str(metrics["losses"]), str(metrics["n"]),
-                  f"{um['candidate']} cand / {um['baseline']} base")
-    console.print(table)
-    if metrics.get("candidate_reward_mean") is not None:
-        console.print(f"mean reward: candidate {metrics['candidate_reward_mean']:.4g}, "
-                      f"baseline {metrics['baseline_reward_mean']:.4g}", markup=False)
-    if metrics.get("lc_win_rate_reason"):
-        console.print(f"LC win rate: {metrics['lc_win_rate_reason']}", markup=False)
-    if um["candidate"] or um["baseline"]:
-        console.print(f"[yellow]unmatched rows (by {um['by']}): candidate "
-                      f"{escape(str(um['candidate_first']))}, baseline "
-                      f"{escape(str(um['baseline_first']))}; left out[/yellow]")
-    console.print(f"run: {escape(str(path))}")
-
-
 @app.command("report")
 def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run directories to report on"),
@@ -405,121 +324,6 @@ def env_cmd(
             value = ", ".join(f"{k}={v}" for k, v in value.items() if v is not None)
         table.add_row(key, str(value))
     console.print(table)
-
-
-def _print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
-    table = Table(title=escape(title))
-    columns = columns or (list(rows[0].keys()) if rows else [])
-    for col in columns:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*[escape(_cell(r.get(c))) for c in columns])
-    console.print(table)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    return str(v)
-
-
-# --------------------------------------------------------------------------------------------
-# eval
-
-
-@eval_app.command("pgr")
-def eval_pgr_cmd(
-    run_dir: Path | None = typer.Argument(
-        None, help="a run directory with predictions.jsonl (recomputes PGR from it)"),
-    weak: str | None = typer.Option(
-        None, "--weak", help="weak model: an accuracy in [0,1] or a predictions JSONL file"),
-    w2s: str | None = typer.Option(
-        None, "--w2s", help="strong-on-weak-labels model: accuracy or predictions JSONL"),
-    ceiling: str | None = typer.Option(
-        None, "--ceiling", help="strong ceiling: accuracy or predictions JSONL"),
-    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap resamples for the CI"),
-    seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON only"),
-) -> None:
-    """Performance gap recovered: (w2s - weak) / (ceiling - weak), null when ceiling <= weak.
-
-    Give a RUN_DIR, or --weak/--w2s/--ceiling as three accuracies, or as three predictions
-    files (rows with id and correct) for a paired bootstrap confidence interval.
-    """
-    from w2s.evaluation.pgr import eval_pgr
-
-    results = eval_pgr(run_dir, weak, w2s, ceiling, n_boot=n_boot, seed=seed)
-    if as_json:
-        console.print_json(json.dumps(results))
-        return
-    table = Table(title="performance gap recovered")
-    for col in ("pair", "weak_acc", "strong_ceiling_acc", "w2s_acc", "pgr", "95% CI", "n"):
-        table.add_column(col)
-    for pair, r in results.items():
-        ci = "-" if r.get("ci_low") is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        table.add_row(pair or "-", _cell(r["weak_acc"]), _cell(r["strong_ceiling_acc"]),
-                      _cell(r["w2s_acc"]), _cell(r["pgr"]), ci, _cell(r.get("n")))
-    console.print(table)
-    for pair, r in results.items():
-        if r.get("reason"):
-            console.print(f"[yellow]{pair or 'pgr'}: {r['reason']}[/yellow]")
-
-
-@eval_app.command("deception")
-def eval_deception_cmd(
-    run_dir: Path | None = typer.Argument(
-        None, help="a `w2s deception` run directory (recomputes from its predictions.jsonl)"),
-    weak_ceiling: str | None = typer.Option(
-        None, "--weak-ceiling", help="weak ceiling predictions JSONL (rows with id, correct)"),
-    strong_ceiling: str | None = typer.Option(
-        None, "--strong-ceiling", help="strong ceiling predictions JSONL"),
-    no_conflict: str | None = typer.Option(
-        None, "--no-conflict", help="strong model on weak labels, no conflict (M~)"),
-    conflict: str | None = typer.Option(
-        None, "--conflict", help="strong model on weak labels under a conflict (M)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON only"),
-) -> None:
-    """Deception score: the share of conflict flips (right without conflict, wrong with it) in
-    the area the strong ceiling knows and the weak ceiling does not (SK&WU), with the counts and
-    the conflict tax of each knowledge area. Null with the reason when undefined.
-
-    Give a RUN_DIR, or the four predictions files (paired by id).
-    """
-    from w2s.evaluation.deception import AREAS, eval_deception
-
-    result = eval_deception(run_dir, weak_ceiling=weak_ceiling, strong_ceiling=strong_ceiling,
-                            no_conflict=no_conflict, conflict=conflict)
-    if as_json:
-        console.print_json(json.dumps(result))
-        return
-    table = Table(title="deception score (conflict flips in SK&WU / all conflict flips)")
-    for col in ("pair", "setting", "score", "flips", "n", "no-conflict acc", "conflict acc",
-                *(f"tax {a}" for a in AREAS)):
-        table.add_column(col)
-    groups = list(result["pairs"].items())
-    if len(groups) > 1:
-        groups.append(("pooled", result["pooled"]))
-    for pair, by_setting in groups:
-        for setting, r in by_setting.items():
-            table.add_row(escape(pair or "-"), setting, _cell(r["score"]),
-                          f"{r['deceptive_flips']}/{r['flips']}", str(r["n"]),
-                          _cell(r["accuracy"]["no_conflict"]), _cell(r["accuracy"]["conflict"]),
-                          *(f"{_cell(r['areas'][a]['tax'])} (n {r['areas'][a]['n']})"
-                            for a in AREAS))
-    console.print(table)
-    for pair, by_setting in groups:
-        for setting, r in by_setting.items():
-            if r["reason"]:
-                console.print(f"[yellow]{escape(pair or '-')} {setting}: "
-                              f"{escape(r['reason'])}[/yellow]")
-    if result.get("headline_setting"):
-        top = result["pooled"].get(result["headline_setting"], {})
-        console.print(f"headline ({result['headline_setting']}): {_cell(top.get('score'))}",
-                      markup=False)
 
 
 # --------------------------------------------------------------------------------------------

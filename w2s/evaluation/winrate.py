@@ -280,7 +280,7 @@ def lc_win_rate_with_reason(preferences: Sequence[float], candidate_lengths: Seq
 # judging generations
 
 
-def _judge_pairs(judge, pairs: list[tuple[str, dict, dict]]) -> tuple[list[float], list[dict]]:
+def judge_pairs(judge, pairs: list[tuple[str, dict, dict]]) -> tuple[list[float], list[dict]]:
     """Preferences and per-row judgment records for matched (key, candidate, baseline) rows."""
     prompts = [c["prompt"] for _, c, _ in pairs]
     cand = [c["response"] for _, c, _ in pairs]
@@ -339,7 +339,7 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
     """
     pairing = pair_generations(candidate_rows, baseline_rows)
     judge = build_judge(judge, cache=cache, **judge_options)
-    prefs, rows = _judge_pairs(judge, pairing.pairs)
+    prefs, rows = judge_pairs(judge, pairing.pairs)
     # several answers to one prompt are not independent: the standard error is clustered by
     # prompt, and the length-controlled fit's instruction effects are keyed by prompt
     prompts = [r["prompt"] for r in rows]
