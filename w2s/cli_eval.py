@@ -78,6 +78,55 @@ def eval_winrate_cmd(
     console.print(f"run: {escape(str(path))}")
 
 
+@eval_app.command("alpacaeval")
+def eval_alpacaeval_cmd(
+    candidate: Path = typer.Option(..., "--candidate", help="the model's answers: AlpacaEval "
+                                   ".json (instruction, output, generator) or .jsonl rows"),
+    baseline: Path = typer.Option(..., "--baseline", help="the baseline's answers, listing the "
+                                  "eval set IN ITS ORDER (AlpacaEval's reference outputs do)"),
+    judge: str = typer.Option(..., "--judge", help="vader | reward:NAME | rm:MODEL | "
+                              "cls:MODEL:LABEL | llm:MODEL | api:URL[#MODEL]"),
+    alpacaeval_data: Optional[Path] = typer.Option(
+        None, "--alpacaeval-data", help="df_gamed.csv (or its folder), AlpacaEval's "
+        "instruction difficulties and gamed baselines; default: the hub dataset "
+        "tatsu-lab/alpaca_eval"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
+                                           "(default runs/alpacaeval/<time>-<hash>)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="model judges: rows per forward pass"),
+    device: str = typer.Option("auto", "--device", help="model judges: auto, cpu, cuda, mps"),
+    timeout: float = typer.Option(60.0, "--timeout", help="api judge: seconds per request"),
+    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
+    workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
+) -> None:
+    """AlpacaEval 2: the length-controlled win rate (AlpacaEval's length_controlled_v1 GLM,
+    computed by the alpaca-eval package: pip install 'w2s[alpacaeval]'), the raw win rate and
+    their standard errors, with AlpacaEval's warning when the two differ a lot."""
+    from w2s.evaluation.benchmarks.alpacaeval import eval_alpacaeval
+
+    if "tiny:" in judge:
+        register_model_builders()
+    metrics, path = eval_alpacaeval(candidate, baseline, judge, alpacaeval_data=alpacaeval_data,
+                                    run_dir=run_dir, cache=not no_cache, batch_size=batch_size,
+                                    device=device, timeout=timeout, max_retries=max_retries,
+                                    workers=workers)
+    if as_json:
+        console.print_json(json.dumps(metrics))
+        return
+    table = Table(title=escape(f"AlpacaEval 2: {metrics['generator']} ({judge})"))
+    for col in ("LC win rate", "s.e.", "win rate", "s.e.", "wins", "ties", "losses", "n"):
+        table.add_column(col)
+    table.add_row(_cell(metrics["lc_win_rate"]), _cell(metrics["lc_win_rate_se"]),
+                  _cell(metrics["win_rate"]), _cell(metrics["win_rate_se"]),
+                  str(metrics["wins"]), str(metrics["ties"]), str(metrics["losses"]),
+                  str(metrics["n"]))
+    console.print(table)
+    if metrics["lc_warning"]:
+        console.print(f"[yellow]{escape(metrics['lc_warning'])}[/yellow]")
+    console.print(f"run: {escape(str(path))}")
+
+
 @eval_app.command("pgr")
 def eval_pgr_cmd(
     run_dir: Path | None = typer.Argument(
