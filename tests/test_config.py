@@ -382,8 +382,8 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                   "gen_finetune_models launcher "
                   "lora_alpha lora_r loss max_ctx mode n_boot n_test n_train run_dir seed seeds "
                   "strong strong_train task warmup_frac weak weak_train workers world",
-    "search": "api_max_retries api_timeout base base_prompt bon_n chat decoder device dtype "
-              "eos_at_cut "
+    "search": "api_max_retries api_rate_limit api_timeout api_workers base base_prompt bon_n "
+              "chat decoder device dtype eos_at_cut "
               "eft_beta judge judge_reads "
               "judge_batch_size k l max_new_tokens n_prompts prefix_words prompt_batch run_dir "
               "score_batch_size seed shard split task temperature top_k top_p tuned untuned w",
@@ -398,7 +398,7 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dpo_preference dtype eos "
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
-                 "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma strong task "
+                 "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma single_turn strong task "
                  "train weak weak_labels workers",
 }
 

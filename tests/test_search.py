@@ -307,8 +307,9 @@ class FakeCompletionsServer(LocalServer):
     character is a token here) drawn from WORDS, seeded by the request's seed and the choice
     index; one choice in six stops early (finish_reason "stop"). Records every request."""
 
-    def __init__(self):
+    def __init__(self, ignores_n: bool = False):
         self.requests: list[dict] = []
+        self.ignores_n = ignores_n  # like transformers serve: one completion, whatever n says
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -330,7 +331,7 @@ class FakeCompletionsServer(LocalServer):
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(payload)
                 choices, used = [], 0
-                for i in range(payload["n"]):
+                for i in range(1 if server.ignores_n else payload["n"]):
                     rng = random.Random(f"{payload['seed']}-{i}")
                     text = "".join(rng.choice(WORDS) for _ in range(20))[:payload["max_tokens"]]
                     reason = "length"
@@ -446,6 +447,33 @@ def test_cli_end_to_end_on_the_tiny_recipe(tmp_path, capsys):
     assert saved.w == 2 and saved.decoder == ["cbs", "bon", "eft"] and saved.chat is False
 
 
+def test_a_server_that_ignores_n_is_asked_again_one_completion_at_a_time(tmp_path, capsys):
+    """Many servers return one completion whatever n asks: the rest come from one request each,
+    with distinct seeds, and the run records how many extra requests it took."""
+    server = FakeCompletionsServer(ignores_n=True)
+    try:
+        base = ApiBase(f"api:{server.url}#served-base", workers=3)
+        sampling = SamplingConfig(temperature=0.7, top_k=0, top_p=1.0)
+        out, tokens = base.complete("The hotel was", 8, 4, sampling, seed=11)
+        assert len(out) == 4 and len({text for text, _ in out}) == 4  # four distinct draws
+        assert [r["n"] for r in server.requests] == [4, 1, 1, 1]
+        assert len({r["seed"] for r in server.requests}) == 4
+        assert base.fallback_requests == 3
+        assert tokens == sum(len(text) for text, _ in out)  # the fake's tokens are characters
+        run_dir = tmp_path / "run"
+        code, _, err = run_cli(["w2s-search", "--base", f"api:{server.url}#served-base",
+                                *GUIDES, "--task", "toy-prompts", "--n-prompts", "2",
+                                "--no-chat", "--max-new-tokens", "10", "--w", "2", "--k", "2",
+                                "--l", "5", "--decoder", "cbs", "--run-dir", str(run_dir)],
+                               capsys)
+        assert code == 0, err
+        m = json.loads((run_dir / "metrics.json").read_text())
+        assert m["base"]["fallback_requests"] > 0
+        assert m["base"]["requests"] >= m["base"]["fallback_requests"]
+    finally:
+        server.close()
+
+
 def test_cli_with_an_api_base(completions_server, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code, _, err = run_cli(["w2s-search", "--base", f"api:{completions_server.url}#served-base",
@@ -455,7 +483,9 @@ def test_cli_with_an_api_base(completions_server, tmp_path, capsys):
     assert code == 0, err
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["base"] == {"kind": "api", "url": completions_server.url + "/completions",
-                         "model": "served-base"}
+                         "model": "served-base",  # requests: the completions and the model listing
+                         "requests": len(completions_server.requests) + 1,
+                         "fallback_requests": 0}
     assert m["decoders"]["cbs"]["compute"]["base_tokens"] > 0
     assert len(read_jsonl(run_dir / "generations-cbs.jsonl")) == 3
 

@@ -134,12 +134,16 @@ class ApiBase:
     KEY_ENV_VARS = ("W2S_API_KEY", "OPENAI_API_KEY")
 
     def __init__(self, spec: str, *, timeout: float = 60.0, max_retries: int = 3,
-                 backoff: float = 1.0, template: str = "{prompt}"):
+                 backoff: float = 1.0, template: str = "{prompt}", workers: int = 4,
+                 rate_limit: float | None = None):
         self.template = template  # what the base reads of each prompt (see base_prompt)
         self.url, self.model = parse_api_base(spec)
         self.client = ApiClient(self.url, what="api base", key_env_vars=self.KEY_ENV_VARS,
-                                timeout=timeout, max_retries=max_retries, backoff=backoff)
+                                timeout=timeout, max_retries=max_retries, backoff=backoff,
+                                rate_limit=rate_limit)
+        self.workers = max(1, int(workers))
         self.tokens_sampled = 0
+        self.fallback_requests = 0  # extra requests because the server returned fewer than n
 
     @property
     def requests(self) -> int:
@@ -158,9 +162,9 @@ class ApiBase:
         self.model = self.model or listed
         return self.model
 
-    def complete(self, prompt: str, max_tokens: int, n: int, sampling: SamplingConfig,
+    def _request(self, prompt: str, max_tokens: int, n: int, sampling: SamplingConfig,
                  seed: int) -> tuple[list[tuple[str, str]], int | None]:
-        """``n`` continuations of ``prompt``: ``([(text, finish_reason), ...], tokens or None)``."""
+        """One request for ``n`` continuations; what came back (maybe fewer) and its tokens."""
         payload = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "n": n,
                    "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seed}
         if sampling.top_k > 0:  # not in OpenAI's API; vLLM and llama.cpp read it
@@ -173,12 +177,36 @@ class ApiBase:
         except (KeyError, TypeError, AttributeError):
             raise W2SError(f"api base: {self.url} answered without choices[].text "
                            f"({one_line(json.dumps(data)[:120])})") from None
-        if len(out) != n:
-            raise W2SError(f"api base: asked {self.url} for {n} completions, got {len(out)}; "
-                           "does the server support n > 1?")
+        if not out:
+            raise W2SError(f"api base: {self.url} answered with no completion at all")
         usage = data.get("usage") or {}
         tokens = usage.get("completion_tokens")
-        return out, int(tokens) if isinstance(tokens, int) else None
+        return out[:n], int(tokens) if isinstance(tokens, int) else None
+
+    def complete(self, prompt: str, max_tokens: int, n: int, sampling: SamplingConfig,
+                 seed: int) -> tuple[list[tuple[str, str]], int | None]:
+        """``n`` continuations of ``prompt``: ``([(text, finish_reason), ...], tokens or None)``.
+
+        Many servers (``transformers serve`` among them) ignore ``n`` and return one completion:
+        the rest are then asked for one request each, ``workers`` at a time (within the rate
+        limit), each with its own seed so they are distinct draws; ``fallback_requests``
+        counts them for the run record.
+        """
+        out, tokens = self._request(prompt, max_tokens, n, sampling, seed)
+        missing = n - len(out)
+        if missing <= 0:
+            return out, tokens
+        from concurrent.futures import ThreadPoolExecutor
+
+        seeds = [(seed + 7919 * (i + 1)) % (2**31 - 1) for i in range(missing)]
+        with ThreadPoolExecutor(max_workers=min(self.workers, missing)) as pool:
+            more = list(pool.map(lambda s: self._request(prompt, max_tokens, 1, sampling, s),
+                                 seeds))
+        self.fallback_requests += missing
+        for choices, used in more:
+            out.append(choices[0])
+            tokens = None if tokens is None or used is None else tokens + used
+        return out, tokens
 
     # -- the base-model interface --------------------------------------------------------------
     def start(self, prompts: list[str], rows: list[int]) -> None:

@@ -77,6 +77,10 @@ class SearchConfig:
     api_timeout: float = option(60.0, "api base: seconds per request", above=0)
     api_max_retries: int = option(3, "api base: retries per request (exponential backoff)",
                                   min=0)
+    api_workers: int = option(4, "api base: parallel requests when a server returns fewer "
+                              "completions than asked (many ignore n)", min=1)
+    api_rate_limit: float | None = option(None, "api base: at most this many requests per "
+                                          "second (none: no limit)", above=0)
 
     def check(self) -> None:
         """The rules across fields: ``l`` is a chunk length (:func:`parse_chunk`), ``shard``

@@ -97,7 +97,8 @@ def plan_search(cfg: SearchConfig) -> dict:
             raise W2SError("decoder eft mixes the base model's token log-probs with the guides'; "
                            "an api: base gives none: drop eft or use a local base model")
         api = ApiBase(cfg.base, timeout=cfg.api_timeout, max_retries=cfg.api_max_retries,
-                      template=cfg.base_prompt)
+                      template=cfg.base_prompt, workers=cfg.api_workers,
+                      rate_limit=cfg.api_rate_limit)
         model = api.check()
         identity = {"kind": "api", "url": api.url, "model": model}
     else:
@@ -301,8 +302,12 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
         metrics[f"gold_reward_{name}"] = figures["gold_reward_mean"]
         if name != "sample":
             metrics[f"win_rate_{name}"] = figures["win_rate_vs_sample"]
+    base = dict(plan["base_identity"])
+    if plan["api"] is not None:  # what the server made us do: requests, and n it ignored
+        base.update(requests=plan["api"].requests,
+                    fallback_requests=plan["api"].fallback_requests)
     metrics.update(decoders=per_decoder, sampling=plan["sampling"], judge=judge.identity(),
-                   base=plan["base_identity"], tuned=cfg.tuned, untuned=cfg.untuned)
+                   base=base, tuned=cfg.tuned, untuned=cfg.untuned)
     return metrics
 
 
