@@ -13,6 +13,9 @@ FILTER_RULES = ("lowest", "lowest-global", "threshold", "none")
 """How the perplexity filter picks the chosen answers among a learner's candidates (see
 :func:`w2s.methods.macpo.pairing.perplexity_filter`)."""
 REFERENCES = ("previous", "base")
+STUDENT_SFT_ANSWERS = ("all", "random", "lowest_perplexity")
+"""Which weak teachers' answers to a Q_w2s prompt the strong agents' initial SFT learns from (see
+:func:`w2s.methods.macpo.pairing.pick_sft_answers`)."""
 QUANTIZE = ("none", "4bit", "8bit")
 
 
@@ -102,6 +105,13 @@ class MACPOConfig:
                                 "adapter as it was before this iteration; base = adapters "
                                 "disabled (what a LoRA DPO run without a reference model uses)",
                                 choices=list(REFERENCES))
+    student_sft_answers: str = option("all", "the strong agents' initial SFT data, per Q_w2s "
+                                      "prompt: all = every weak teacher's non-empty answer (K "
+                                      "rows a prompt); random = one of them, drawn per prompt "
+                                      "from the run's seed; lowest_perplexity = the one least "
+                                      "perplexing under the student before its SFT (the "
+                                      "authors' data hold about one answer a prompt)",
+                                      choices=list(STUDENT_SFT_ANSWERS))
     strong_neg_epochs: float = option(1.0, "epochs of the strong negative agent's SFT on the weak "
                                       "negative agents' answers, continued from the strong "
                                       "positive agent (the authors' script: 1)", above=0)
