@@ -399,6 +399,8 @@ def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, 
     ("vllm memory", ["--vllm-memory", "1.5"], "fraction of GPU memory"),
     ("unknown SFT answers", ["--student-sft-answers", "best"],
      "'student_sft_answers' must be one of ['all', 'random', 'lowest_perplexity']"),
+    ("unknown prompt format", ["--prompt-format", "alpaca"],
+     "'prompt_format' must be one of ['chat_template', 'vicuna']"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, extra, message, tmp_path, capsys):
     run_dir = tmp_path / "run"

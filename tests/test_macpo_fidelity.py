@@ -1,9 +1,12 @@
 """``w2s macpo``'s settings for the authors' behaviour (docs/fidelity.md, issue 18): which weak
-answers the student's initial SFT learns from (``student_sft_answers``); its exact outputs by
-hand, through the CLI, in the resolved config and in the cache keys.
+answers the student's initial SFT learns from (``student_sft_answers``) and how every agent
+reads a prompt (``prompt_format``); their exact outputs by hand, through the CLI, in the resolved
+config and in the cache keys.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import yaml
@@ -11,8 +14,10 @@ from helpers import MACPO_TINY, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
+from w2s.methods.macpo.agents import Format
 from w2s.methods.macpo.config import MACPOConfig, check_config
 from w2s.methods.macpo.pairing import pick_sft_answers, sft_candidates
+from w2s.models.prompts import VICUNA_SYSTEM, hh_turns, vicuna_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,6 +83,54 @@ def test_lowest_perplexity_picks_the_answer_the_student_scores_best():
         assert max(r["perplexity"] for r in mine) > 1.3 * min(r["perplexity"] for r in mine)
 
 
+# ---- prompt_format -----------------------------------------------------------------------------
+
+
+def test_vicuna_flattens_a_two_turn_hh_transcript_exactly():
+    transcript = ("Human: What is a good name for a cat?\n\nAssistant: Whiskers is a classic."
+                  "\n\nHuman: And for a dog?\n\nAssistant:")
+    expected = ("A chat between a curious user and an artificial intelligence assistant. The "
+                "assistant gives helpful, detailed, and polite answers to the user's questions."
+                " USER: What is a good name for a cat? ASSISTANT: Whiskers is a classic.</s>"
+                "USER: And for a dog? ASSISTANT:")
+    assert hh_turns(transcript) == [("user", "What is a good name for a cat?"),
+                                    ("assistant", "Whiskers is a classic."),
+                                    ("user", "And for a dog?")]
+    assert vicuna_prompt(transcript, hh=True) == expected
+    assert vicuna_prompt("Name a cat.") == f"{VICUNA_SYSTEM} USER: Name a cat. ASSISTANT:"
+    # every model reads it, templated or not; the answer follows after a space
+    for templated in (True, False):
+        fmt = Format(templated=templated, prompt_format="hh", style="vicuna", eos="</s>")
+        assert (fmt.chat, fmt.sep, fmt.text(transcript)) == (False, " ", expected)
+        assert fmt.clean(" Rex. USER: and a fish?") == "Rex."
+    llama3 = Format(templated=True, prompt_format="hh", style="vicuna", eos="<|end_of_text|>")
+    assert "Whiskers is a classic.<|end_of_text|>USER: And" in llama3.text(transcript)
+    # the default is unchanged: the chat template where a tokenizer has one
+    assert Format(templated=True, prompt_format="hh").text(transcript) == transcript
+    assert Format(templated=True).chat and Format(templated=True).describe() == "chat template"
+
+
+def test_every_agent_reads_the_vicuna_template_once_asked():
+    from w2s.methods.macpo.experiment import MACPO
+
+    overrides = {"weak": "tiny:llama-1x32,tiny:gpt2-1x32", "strong": "tiny:llama-2x32",
+                 "task": "toy-preference", "n_train": "24", "n_test": "6"}
+    for value, chat in (("chat_template", True), ("vicuna", False)):
+        cfg = build_config(MACPOConfig, overrides={**overrides, "prompt_format": value})
+        exp = MACPO(cfg, check_config(cfg))
+        exp.load_data()
+        exp.load_agents()
+        table = exp.agents_table()
+        for base in exp.bases.values():  # tiny tokenizers have a chat template
+            assert base.format.chat is chat
+            prompt = exp.q_w2s[0]["prompt"]
+            assert base.format.text(prompt) == (
+                prompt if chat else f"{VICUNA_SYSTEM} USER: {prompt} ASSISTANT:")
+        described = {t["prompt_format"] for t in table.values()}
+        assert described == ({"chat template"} if chat else
+                             {"vicuna template (system line, USER: ... ASSISTANT: ...</s>)"})
+
+
 # ---- through the CLI: the resolved config and the cache keys -----------------------------------
 
 
@@ -86,7 +139,7 @@ def test_the_settings_are_recorded_and_rebuild_only_the_stages_they_change(tmp_p
                                                                          cache_dir):
     """Each run stops after the initialisation (the evaluation raises). lowest_perplexity keeps
     one answer per prompt, the least perplexing; switching to random rebuilds the student's
-    data and SFT but takes every teacher stage from the cache."""
+    data and SFT but takes every teacher stage from the cache; vicuna rebuilds everything."""
     from w2s.methods.macpo.experiment import MACPO
 
     def stop(self, t):
@@ -109,6 +162,7 @@ def test_the_settings_are_recorded_and_rebuild_only_the_stages_they_change(tmp_p
 
     config, built, found = run("lowest", "--student-sft-answers", "lowest_perplexity")
     assert config["student_sft_answers"] == "lowest_perplexity"
+    assert config["prompt_format"] == "chat_template"
     assert teacher_stages | student_stages <= built and not found
     lowest = tmp_path / "lowest" / "init"
     for pol in ("pos", "neg"):
@@ -128,3 +182,10 @@ def test_the_settings_are_recorded_and_rebuild_only_the_stages_they_change(tmp_p
     assert built == student_stages and found == teacher_stages   # only the student's stages
     trained = read_jsonl(tmp_path / "random" / "init" / "sft-student-pos.jsonl")
     assert len({r["id"] for r in trained}) == len(trained)
+
+    config, built, found = run("vicuna", "--student-sft-answers", "random",
+                               "--prompt-format", "vicuna")
+    assert config["prompt_format"] == "vicuna"
+    assert teacher_stages | student_stages <= built and not found   # every agent reads anew
+    agents = json.loads((tmp_path / "vicuna" / "agents.json").read_text())
+    assert all(a["prompt_format"].startswith("vicuna template") for a in agents.values())
