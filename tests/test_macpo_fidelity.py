@@ -189,3 +189,16 @@ def test_the_settings_are_recorded_and_rebuild_only_the_stages_they_change(tmp_p
     assert teacher_stages | student_stages <= built and not found   # every agent reads anew
     agents = json.loads((tmp_path / "vicuna" / "agents.json").read_text())
     assert all(a["prompt_format"].startswith("vicuna template") for a in agents.values())
+
+
+def test_the_paper_recipes_use_the_authors_settings():
+    from helpers import ROOT
+
+    paper = sorted(p for p in (ROOT / "recipes" / "macpo").glob("*.yaml") if p.name != "tiny.yaml")
+    assert len(paper) == 4
+    for path in paper:
+        cfg = build_config(MACPOConfig, path)
+        assert (cfg.student_sft_answers, cfg.prompt_format, cfg.dpo_reference) == (
+            "random", "vicuna", "base"), path.name
+    defaults = MACPOConfig()
+    assert (defaults.student_sft_answers, defaults.prompt_format) == ("all", "chat_template")
