@@ -21,6 +21,18 @@ needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(),
                                     reason="torchrun not installed next to this python")
 
 
+MACPO_MODELS = ("tiny:llama-1x32+toy-preference@5", "tiny:gpt2-1x32+toy-preference@5",
+                "tiny:llama-2x32+toy-preference@5")
+"""``w2s macpo``'s tiny test models: two weak teachers and the strong student."""
+MACPO_TINY = ["--weak", f"{MACPO_MODELS[0]},{MACPO_MODELS[1]}", "--strong", MACPO_MODELS[2],
+              "--task", "toy-preference", "--iterations", "1", "--n-train", "24", "--n-test",
+              "6", "--judge", "vader", "--sft-max-steps", "2", "--dpo-max-steps", "2",
+              "--sft-batch-size", "8", "--sft-micro-batch-size", "8", "--dpo-batch-size", "4",
+              "--dpo-micro-batch-size", "4", "--max-new-tokens", "8", "--max-len", "96",
+              "--generation-batch-size", "16"]
+"""A fast ``w2s macpo`` run on them (one iteration, two steps a training)."""
+
+
 def cli(args: list[str], entry=None, **kwargs) -> int:
     """Run the CLI ``entry`` (``w2s.cli.main`` unless given) on ``args``, with ``kwargs``; its
     exit code (it always ends by raising SystemExit)."""

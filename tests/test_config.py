@@ -393,8 +393,8 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
             "top_k top_p weak weak_aligned weak_dpo",
     "macpo": "beta dpo dpo_reference dtype eval_teachers filter_k filter_rule ftx generation "
              "gold_judge iterations judge lora_alpha lora_r lora_targets max_len max_perplexity "
-             "n_test n_train quantize run_dir seed sft skip_empty strong strong_neg_epochs task "
-             "weak",
+             "n_test n_train prompt_format quantize run_dir seed sft skip_empty strong "
+             "strong_neg_epochs student_sft_answers task weak",
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dpo_preference dtype eos "
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_jsonl
+from helpers import MACPO_MODELS, MACPO_TINY, cli, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
@@ -30,13 +30,8 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "macpo"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-T1, T2, S = "tiny:llama-1x32+toy-preference@5", "tiny:gpt2-1x32+toy-preference@5", \
-    "tiny:llama-2x32+toy-preference@5"
-TINY = ["--weak", f"{T1},{T2}", "--strong", S, "--task", "toy-preference", "--iterations", "1",
-        "--n-train", "24", "--n-test", "6", "--judge", "vader", "--sft-max-steps", "2",
-        "--dpo-max-steps", "2", "--sft-batch-size", "8", "--sft-micro-batch-size", "8",
-        "--dpo-batch-size", "4", "--dpo-micro-batch-size", "4", "--max-new-tokens", "8",
-        "--max-len", "96", "--generation-batch-size", "16"]
+T1, T2, S = MACPO_MODELS
+TINY = MACPO_TINY
 LEARNERS = ("teacher1", "teacher2", "student")
 
 
@@ -402,6 +397,10 @@ def test_a_filter_that_leaves_no_pairs_stops_then_skips_with_the_flag(tmp_path, 
     ("gold judge not a reward", ["--gold-judge", "llm:tiny:llama-1x32"], "needs a reward judge"),
     ("unknown backend", ["--backend", "vllmm"], "did you mean 'vllm'"),
     ("vllm memory", ["--vllm-memory", "1.5"], "fraction of GPU memory"),
+    ("unknown SFT answers", ["--student-sft-answers", "best"],
+     "'student_sft_answers' must be one of ['all', 'random', 'lowest_perplexity']"),
+    ("unknown prompt format", ["--prompt-format", "alpaca"],
+     "'prompt_format' must be one of ['chat_template', 'vicuna']"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, extra, message, tmp_path, capsys):
     run_dir = tmp_path / "run"

@@ -9,8 +9,10 @@ prompt half Q_w2s.
 Initialisation. Each weak teacher's positive agent is fine-tuned (SFT) on the chosen responses of
 the labeled half, its negative agent on the rejected ones. The teachers' positive agents answer
 Q_w2s; the strong student's positive agent is fine-tuned on those answers (naive weak-to-strong
-SFT: the "initial strong positive agent", every win rate's baseline). Its negative agent starts
-as a copy of it and is fine-tuned further on the teachers' NEGATIVE agents' answers to Q_w2s.
+SFT: the "initial strong positive agent", every win rate's baseline): every teacher's answer to a
+prompt, or one of them (``student_sft_answers``: drawn with the seed, or the student's
+likeliest). Its negative agent starts as a copy of it and is fine-tuned further on the teachers'
+NEGATIVE agents' answers to Q_w2s (picked the same way).
 
 Iteration t = 1..T. (1) Every agent answers Q_w2s. (2) For each learner (each teacher and the
 student), the candidate chosen answers are UNFAMILIAR positive ones: for the student the
@@ -27,9 +29,11 @@ the mean gold reward where the judge is a reward.
 Defaults are the authors' scripts' (youganglyu/MACPO, LLaMA-Factory): LoRA r 8 on the query and
 value projections, SFT lr 5e-5 for 3 epochs (global batch 32), DPO lr 1e-5 for 1 epoch per
 iteration (global batch 16), beta 0.1, ftx 0.2, sampling temperature 0.95, top-p 0.7, 512 new
-tokens, 3 iterations. The authors published scripts and data files only; generation,
-filtering and pairing are implemented here from the paper, one visible step each, and every
-step's output is kept in the run directory (``iter1/pairs-student.jsonl``, ...; see
+tokens, 3 iterations. Prompts go through each model's chat template unless ``prompt_format:
+vicuna`` (the authors' LLaMA-Factory template); docs/fidelity.md lists every difference from the
+authors and the setting that closes it. The authors published scripts and data files only;
+generation, filtering and pairing are implemented here from the paper, one visible step each, and
+every step's output is kept in the run directory (``iter1/pairs-student.jsonl``, ...; see
 :mod:`w2s.methods.macpo.experiment`). A run that stops resumes at the stage it reached.
 
 One GPU, or the CPU::

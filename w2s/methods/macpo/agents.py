@@ -3,9 +3,10 @@ two named LoRA adapters on it (peft multi-adapter: ``add_adapter`` / ``set_adapt
 teachers and a student take the memory of their K + 1 base models plus adapters, not of 2K + 2
 models.
 
-Each base formats prompts its own way (:class:`Format`): its chat template when its tokenizer
-has one, else the task's plain transcript (Anthropic HH) or the vicuna ``USER: ... ASSISTANT:``
-form of the authors' scripts. Answers travel between agents as text.
+Each base formats prompts its own way (:class:`Format`): by default its chat template when its
+tokenizer has one, else the task's plain transcript (Anthropic HH) or the vicuna ``USER: ...
+ASSISTANT:`` form; with ``prompt_format: vicuna`` every base reads LLaMA-Factory's vicuna template,
+as in the authors' scripts. Answers travel between agents as text.
 """
 
 from __future__ import annotations
@@ -19,43 +20,56 @@ import torch
 import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
 from w2s.methods.macpo.config import MACPOConfig
+from w2s.models.prompts import NEXT_TURN, vicuna_prompt
 
 
 @dataclasses.dataclass(frozen=True)
 class Format:
     """How one base model sees a prompt and where its answer ends.
 
-    ``templated``: its tokenizer has a chat template (the prompt is one user turn).
-    Without one, an Anthropic-HH transcript (``prompt_format == "hh"``) is used as it is and the
-    answer follows after a space; a plain prompt is written in the vicuna form of the authors'
-    scripts, ``USER: <prompt> ASSISTANT:``. Generated answers are cut where the format's next
-    user turn would begin.
+    ``style`` ``chat_template`` (the default): ``templated`` (its tokenizer has a chat template)
+    wraps the prompt as one user turn. Without one, an Anthropic-HH transcript
+    (``prompt_format == "hh"``) is used as it is and the answer follows after a space; a plain
+    prompt is written ``USER: <prompt> ASSISTANT:``.
+
+    ``style`` ``vicuna``: every model, templated or not, reads LLaMA-Factory's vicuna template
+    (:func:`w2s.models.prompts.vicuna_prompt`): its system line, an HH transcript flattened turn
+    by turn with each earlier answer closed by ``eos`` (the model's end-of-sequence token), the
+    answer after a space.
+
+    Generated answers are cut where the format's next user turn would begin.
     """
 
     templated: bool
     prompt_format: str = "plain"
+    style: str = "chat_template"
+    eos: str = "</s>"
 
     @property
     def chat(self) -> bool:
-        return self.templated
+        return self.templated and self.style == "chat_template"
 
     @property
     def sep(self) -> str:
-        return "" if self.templated else " "
+        return "" if self.chat else " "
 
     def text(self, prompt: str) -> str:
+        if self.style == "vicuna":
+            return vicuna_prompt(prompt, hh=self.prompt_format == "hh", eos=self.eos)
         if self.templated or self.prompt_format == "hh":
             return prompt
         return f"USER: {prompt} ASSISTANT:"
 
     def clean(self, answer: str) -> str:
         """The generated text as an answer: cut at a next user turn, whitespace stripped."""
-        if not self.templated:
-            marker = "\n\nHuman:" if self.prompt_format == "hh" else "USER:"
-            answer = answer.split(marker, 1)[0]
+        if not self.chat:
+            hh = self.prompt_format == "hh" and self.style != "vicuna"
+            answer = answer.split(NEXT_TURN["hh" if hh else "vicuna"], 1)[0]
         return answer.strip()
 
     def describe(self) -> str:
+        if self.style == "vicuna":
+            return f"vicuna template (system line, USER: ... ASSISTANT: ...{self.eos})"
         if self.templated:
             return "chat template"
         return "HH transcript" if self.prompt_format == "hh" else "vicuna (USER: ... ASSISTANT:)"
@@ -105,7 +119,8 @@ class Base:
             targets = text if text == "all-linear" else [t.strip() for t in text.split(",")]
         self.lora = LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, targets=targets)
         self.model = apply_lora(model, self.lora, seed=cfg.seed)  # adapter "default", replaced
-        self.format = Format(bool(getattr(self.tokenizer, "chat_template", None)), prompt_format)
+        self.format = Format(bool(getattr(self.tokenizer, "chat_template", None)), prompt_format,
+                             style=cfg.prompt_format, eos=self.tokenizer.eos_token or "")
         self.agents: list[str] = []
 
     def add(self, agent: str, seed: int) -> None:

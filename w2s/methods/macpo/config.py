@@ -13,6 +13,11 @@ FILTER_RULES = ("lowest", "lowest-global", "threshold", "none")
 """How the perplexity filter picks the chosen answers among a learner's candidates (see
 :func:`w2s.methods.macpo.pairing.perplexity_filter`)."""
 REFERENCES = ("previous", "base")
+STUDENT_SFT_ANSWERS = ("all", "random", "lowest_perplexity")
+"""Which weak teachers' answers to a Q_w2s prompt the strong agents' initial SFT learns from (see
+:func:`w2s.methods.macpo.pairing.pick_sft_answers`)."""
+PROMPT_FORMATS = ("chat_template", "vicuna")
+"""How every agent reads a prompt (see :class:`w2s.methods.macpo.agents.Format`)."""
 QUANTIZE = ("none", "4bit", "8bit")
 
 
@@ -102,6 +107,19 @@ class MACPOConfig:
                                 "adapter as it was before this iteration; base = adapters "
                                 "disabled (what a LoRA DPO run without a reference model uses)",
                                 choices=list(REFERENCES))
+    student_sft_answers: str = option("all", "the strong agents' initial SFT data, per Q_w2s "
+                                      "prompt: all = every weak teacher's non-empty answer (K "
+                                      "rows a prompt); random = one of them, drawn per prompt "
+                                      "from the run's seed; lowest_perplexity = the one least "
+                                      "perplexing under the student before its SFT (the "
+                                      "authors' data hold about one answer a prompt)",
+                                      choices=list(STUDENT_SFT_ANSWERS))
+    prompt_format: str = option("chat_template", "how every agent reads a prompt: "
+                                "chat_template = its tokenizer's chat template where it has one "
+                                "(else the task's HH transcript, or USER: ... ASSISTANT:); vicuna "
+                                "= LLaMA-Factory's vicuna template for every model, its system "
+                                "line and an HH transcript flattened turn by turn (the authors' "
+                                "scripts)", choices=list(PROMPT_FORMATS))
     strong_neg_epochs: float = option(1.0, "epochs of the strong negative agent's SFT on the weak "
                                       "negative agents' answers, continued from the strong "
                                       "positive agent (the authors' script: 1)", above=0)

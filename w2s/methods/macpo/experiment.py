@@ -16,7 +16,9 @@ The run directory (every file a step wrote, so each step can be checked)::
     init/adapters/<agent>.safetensors      each agent's adapter after initialisation
     init/gen-teacher1-pos.jsonl  a teacher's answers to Q_w2s (pos: the student's SFT data;
                                  neg: the student negative agent's SFT data)
-    init/sft-student-pos.jsonl   those answers as the student's SFT rows (with their teacher)
+    init/sft-answers-student-pos.jsonl   every candidate SFT row (a teacher's answer), whether
+                                 student_sft_answers kept it (and its perplexity)
+    init/sft-student-pos.jsonl   the kept answers: the student's SFT rows (with their teacher)
     init/test-<learner>-pos.jsonl, init/judgments-<teacher>.jsonl
                                  test answers of the initial agents; the student's are the
                                  baseline of every win rate
@@ -55,6 +57,8 @@ from w2s.methods.macpo.pairing import (
     candidates,
     contrastive_pairs,
     perplexity_filter,
+    pick_sft_answers,
+    sft_candidates,
 )
 from w2s.methods.macpo.stages import Stages
 from w2s.runs import content_hash, read_jsonl
@@ -195,15 +199,12 @@ class MACPO(Stages):
                         for teacher in self.teachers
                         for agent in (agent_name(teacher, POS), agent_name(teacher, NEG))}
 
+        chosen = self.student_sft_data(weak_answers)
         for polarity in (POS, NEG):
             agent = agent_name(self.student, polarity)
             tcfg = sft if polarity == POS else train_config(
                 cfg.sft, cfg.seed, epochs=cfg.strong_neg_epochs)
-            rows = [{"id": p["id"], "prompt": p["prompt"],
-                     "response": weak_answers[agent_name(t, polarity)][p["id"]],
-                     "teacher": agent_name(t, polarity)}
-                    for p in self.q_w2s for t in self.teachers
-                    if weak_answers[agent_name(t, polarity)].get(p["id"], "").strip()]
+            rows = chosen[polarity]
             if not rows:
                 raise W2SError(f"the weak {polarity} agents gave no non-empty answer to the "
                                f"{len(self.q_w2s)} prompts of Q_w2s, so the strong {polarity} "
@@ -213,6 +214,36 @@ class MACPO(Stages):
             self.fit(f"init/sft/{agent}", agent, self.student, rows, "sft", tcfg,
                      rows_file=f"init/sft-{agent}.jsonl",
                      start=agent_name(self.student, POS) if polarity == NEG else None)
+
+    def student_sft_data(self, weak_answers: dict[str, dict[str, str]]) -> dict[str, list[dict]]:
+        """The strong agents' initial SFT rows, per polarity: of the weak ``pos`` (``neg``)
+        agents' non-empty answers to each Q_w2s prompt, all, or one drawn with the seed, or the
+        one least perplexing under the student before its SFT (``student_sft_answers``). Writes
+        ``init/sft-answers-student-<pos|neg>.jsonl``: every candidate, its teacher, whether it
+        was kept (and, for lowest_perplexity, its perplexity)."""
+        cfg = self.cfg
+        rule = cfg.student_sft_answers
+        files = {pol: f"init/sft-answers-{agent_name(self.student, pol)}.jsonl"
+                 for pol in (POS, NEG)}
+        with self.stage("init/sft-answers", rule=rule,
+                        scored=self._settings(self.student) if rule == "lowest_perplexity"
+                        else None) as st:
+            if not st.done:
+                if self.main:
+                    for polarity, file in files.items():
+                        rows = sft_candidates(self.q_w2s, [agent_name(t, polarity)
+                                                           for t in self.teachers], weak_answers)
+                        if rule == "lowest_perplexity":  # under the student's base model
+                            rows = self.perplexities(self.student, rows, base=True)
+                        self.run.write_rows(file, pick_sft_answers(rows, rule, cfg.seed,
+                                                                   salt=polarity))
+                self.publish(st, list(files.values()))
+        kept = {pol: [{k: r[k] for k in ("id", "prompt", "response", "teacher")}
+                      for r in read_jsonl(self.output(st, file)) if r["kept"]]
+                for pol, file in files.items()}
+        self.log({"stage": "init/sft-answers", "rule": rule,
+                  "rows": {pol: len(rows) for pol, rows in kept.items()}})
+        return kept
 
     # ---- one iteration -----------------------------------------------------------------------
     def generate(self, t: int) -> dict[str, dict[str, str]]:

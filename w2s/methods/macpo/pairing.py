@@ -3,6 +3,8 @@
 - :func:`positive_sources`: whose positive answers a learner learns from (unfamiliar ones);
 - :func:`candidates`: the learner's candidate chosen answers, one per (prompt, source);
 - :func:`perplexity` and :func:`perplexity_filter`: which candidates survive;
+- :func:`sft_candidates` and :func:`pick_sft_answers`: which weak teachers' answers the strong
+  agents' initial SFT learns from;
 - :func:`contrastive_pairs`: chosen = a kept unfamiliar positive answer, rejected = the
   learner's own negative agent's answer to the same prompt (a familiar mistake).
 
@@ -13,6 +15,7 @@ An agent is named ``<learner>-<pos|neg>`` (:func:`agent_name`): ``teacher1-pos``
 from __future__ import annotations
 
 import math
+import random
 
 POS, NEG = "pos", "neg"
 
@@ -119,3 +122,37 @@ def contrastive_pairs(learner: str, scored: list[dict], negatives: dict[str, str
                       "chosen_perplexity": r["perplexity"]})
     return pairs
 
+
+
+def sft_candidates(prompts: list[dict], agents: list[str],
+                   answers: dict[str, dict[str, str]]) -> list[dict]:
+    """The strong agents' candidate SFT rows: one per (prompt, teacher agent) with a non-empty
+    answer, in prompt order then teacher order: ``{id, prompt, response, teacher}``."""
+    return [{"id": p["id"], "prompt": p["prompt"], "response": answers[agent][p["id"]],
+             "teacher": agent}
+            for p in prompts for agent in agents if answers[agent].get(p["id"], "").strip()]
+
+
+def pick_sft_answers(rows: list[dict], rule: str, seed: int = 0, salt: str = "") -> list[dict]:
+    """Mark which candidate SFT rows (:func:`sft_candidates`) the strong agent learns from: a
+    copy of each row with ``kept`` set.
+
+    - ``all``: every row;
+    - ``random``: one row per prompt id, drawn by ``random.Random(f"{salt}:{seed}:{id}")`` (a
+      prompt's draw depends on the seed and its id only, not on the other prompts);
+    - ``lowest_perplexity``: per prompt id the row with the lowest ``perplexity`` (each row
+      carries it), ties to the earlier teacher.
+    """
+    if rule == "lowest_perplexity":
+        return perplexity_filter(rows, "lowest", k=1)
+    out = [dict(r, kept=rule == "all") for r in rows]
+    if rule == "random":
+        by_prompt: dict[str, list[dict]] = {}
+        for r in out:
+            by_prompt.setdefault(r["id"], []).append(r)
+        for pid, mine in by_prompt.items():
+            draw = random.Random(f"{salt}:{seed}:{pid}").random()  # random() is stable
+            mine[min(int(draw * len(mine)), len(mine) - 1)]["kept"] = True
+    elif rule != "all":
+        raise ValueError(f"unknown SFT answer rule {rule!r}")
+    return out

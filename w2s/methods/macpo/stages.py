@@ -278,20 +278,23 @@ class Stages:
         return self._backend
 
     # ---- perplexity ----------------------------------------------------------------------------
-    def perplexities(self, learner: str, rows: list[dict]) -> list[dict]:
-        """``rows``, the learner's candidate chosen answers
-        (:func:`~w2s.methods.macpo.pairing.candidates`), with their perplexity under its
-        positive agent."""
+    def perplexities(self, learner: str, rows: list[dict], *, base: bool = False) -> list[dict]:
+        """``rows`` (``{prompt, response, ...}``: the learner's candidate chosen answers,
+        :func:`~w2s.methods.macpo.pairing.candidates`) with their perplexity under its positive
+        agent, or with ``base`` under its base model (adapters off: the model before any
+        training). The perplexity is exp of the mean per-token NLL of the response (and its EOS)
+        given the prompt, in the learner's format, from the one log-prob helper
+        (:func:`w2s.models.response_logprobs`, through :func:`w2s.train.preference.score_items`)."""
         from w2s.models import pad_id
         from w2s.train.preference import encode, score_items
 
-        base = self.base(learner)
-        base.use(agent_name(learner, POS))
-        fmt = base.format
-        items = [encode(base.tokenizer, fmt.text(r["prompt"]), r["response"],
+        model = self.base(learner)
+        model.use(agent_name(learner, POS))
+        fmt = model.format
+        items = [encode(model.tokenizer, fmt.text(r["prompt"]), r["response"],
                         max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep) for r in rows]
-        sums, counts = (score_items(base.model, items, pad_id(base.tokenizer)) if items
-                        else ([], []))
+        sums, counts = (score_items(model.model, items, pad_id(model.tokenizer), reference=base)
+                        if items else ([], []))
         return [{**r, "perplexity": perplexity(s, n), "tokens": n}
                 for r, s, n in zip(rows, sums, counts, strict=True)]
 
