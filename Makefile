@@ -40,13 +40,14 @@ install: $(VENV)/.installed  ## the venv with w2s, its dependencies and the dev 
 # The suite checks our DPO loss against TRL's DPOTrainer, trains under DeepSpeed ZeRO-3 and checks
 # AlpacaEval 2's LC win rate against the alpaca-eval package, so `make test` installs the bench
 # extra (TRL: a test and benchmark dependency, never needed at run time), the deepspeed extra
-# (CPU-only here) and the alpacaeval extra, and requires all three.
+# (CPU-only here), the alpacaeval extra and the serving extra (`transformers serve`, the real
+# OpenAI-compatible server the api: judge and base are tested against), and requires them all.
 $(VENV)/.test-deps: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[bench,deepspeed,alpacaeval]"
+	$(BIN)/python -m pip install -q -e ".[bench,deepspeed,alpacaeval,serving]"
 	@touch $@
 
 test: install $(VENV)/.offline-assets $(VENV)/.test-deps  ## the whole suite (exit 5, "no tests ran", fails like any other failure)
-	W2S_REQUIRE_TRL=1 W2S_REQUIRE_DEEPSPEED=1 W2S_REQUIRE_ALPACAEVAL=1 $(BIN)/python -m pytest -q
+	W2S_REQUIRE_TRL=1 W2S_REQUIRE_DEEPSPEED=1 W2S_REQUIRE_ALPACAEVAL=1 W2S_REQUIRE_SERVING=1 $(BIN)/python -m pytest -q
 
 test-quick: install $(VENV)/.offline-assets $(VENV)/.test-deps  ## the suite without `slow` tests (local work; CI runs all)
 	$(BIN)/python -m pytest -q -m "not slow"
