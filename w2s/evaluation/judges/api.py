@@ -97,13 +97,14 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), **self._cache_identity(),
                 "served_model": self.served_model,
-                "cache": str(self.cache.path) if self.cache else None}
+                "cache": str(self.cache.path) if self.cache is not None else None}
 
     def writer_identity(self) -> dict[str, Any]:
         """Who wrote the judgments: server, model (as asked and as served), sampling, cache."""
-        return {"judge": self.spec, "kind": "api", **self._writer_cache_identity(),
+        return {**self._writer_cache_identity(), "judge": self.spec, "kind": "api",
                 "served_model": self.served_model,
-                "cache": str(self.writing_cache.path) if self.writing_cache else None}
+                "cache": (str(self.writing_cache.path) if self.writing_cache is not None
+                          else None)}
 
     @property
     def requests(self) -> int:
@@ -165,7 +166,8 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
         results: list[dict | None] = [None] * len(prompts)
         todo = []
         for i, (system, user) in enumerate(prompts):
-            key = cache.prompt_key(template, system, user, max_tokens) if cache else None
+            key = (cache.prompt_key(template, system, user, max_tokens)
+                   if cache is not None else None)
             hit = cache.get(key) if key is not None else None
             if hit is not None:
                 results[i] = {"text": hit["text"], "template": template, "cached": True}
