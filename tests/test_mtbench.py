@@ -362,3 +362,24 @@ def test_llm_judge_writes_judgments_greedily(files, tmp_path, capsys):
                                         "--device", "cpu"), capsys)
     assert code == 2 and "more than tiny:llama-1x32 takes (512)" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_format_chat_system_fallbacks():
+    """A template without a system role (Gemma's) and plain text get the system message two
+    newlines before the prompt, in the user turn."""
+    from w2s.models import format_chat
+
+    class NoSystemRole:
+        chat_template = "user-only"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            if any(m["role"] == "system" for m in messages):
+                raise ValueError("System role not supported")
+            return f"<user>{messages[0]['content']}</user><model>"
+
+    class Plain:
+        chat_template = None
+
+    assert format_chat(NoSystemRole(), "U", system="S\n\n") == "<user>S\n\nU</user><model>"
+    assert format_chat(Plain(), "U", "R", system="S") == "S\n\nUR"
+    assert format_chat(Plain(), "U") == "U"
