@@ -127,6 +127,70 @@ def eval_alpacaeval_cmd(
     console.print(f"run: {escape(str(path))}")
 
 
+@eval_app.command("mtbench")
+def eval_mtbench_cmd(
+    answers: Path = typer.Option(..., "--answers", help="the model's answers: FastChat's "
+                                 "answer jsonl {question_id, model_id, choices: [{turns}]}"),
+    judge: str = typer.Option(..., "--judge", help="api:URL#MODEL (an OpenAI-compatible "
+                              "server; GPT-4 for the papers' figures) | llm:MODEL (local)"),
+    questions: Optional[Path] = typer.Option(
+        None, "--questions", help="FastChat's question.jsonl (default: the hub dataset "
+        "lighteval/mt-bench)"),
+    references: Optional[Path] = typer.Option(
+        None, "--references", help="reference answers for math/reasoning/coding, answer "
+        "format (FastChat's reference_answer/gpt-4.jsonl)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
+                                           "(default runs/mtbench/<time>-<hash>)"),
+    max_tokens: int = typer.Option(2048, "--max-tokens", help="new tokens per judgment"),
+    batch_size: int = typer.Option(8, "--batch-size", help="llm judge: prompts per batch"),
+    device: str = typer.Option("auto", "--device", help="llm judge: auto, cpu, cuda, mps"),
+    timeout: float = typer.Option(120.0, "--timeout", help="api judge: seconds per request"),
+    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
+    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="api judge: at most "
+                                               "this many requests per second"),
+    workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
+    judge_cache: Optional[Path] = typer.Option(
+        None, "--judge-cache", help="api judge: folder of the judgment cache (default "
+        "<w2s cache>/judgments)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
+) -> None:
+    """MT-Bench single-answer grading, as FastChat's llm_judge: the judge rates each answer's
+    turn 1 and turn 2 from 1 to 10 ([[rating]]); unreadable ratings are left out and counted.
+
+    Writes a run directory: config.yaml, env.json (judge, prompt template hashes, file hashes),
+    judgments.jsonl, metrics.json (mtbench_score, turn_1, turn_2, categories, n, failed).
+    """
+    from w2s.evaluation.benchmarks.mtbench import eval_mtbench
+
+    if "tiny:" in judge:
+        register_model_builders()
+    cache = False if no_cache else (judge_cache or True)
+    metrics, path = eval_mtbench(answers, judge, questions=questions, references=references,
+                                 run_dir=run_dir, cache=cache, max_tokens=max_tokens,
+                                 batch_size=batch_size, device=device, timeout=timeout,
+                                 max_retries=max_retries, rate_limit=rate_limit,
+                                 workers=workers)
+    if as_json:
+        console.print_json(json.dumps(metrics))
+        return
+    table = Table(title=escape(f"MT-Bench: {answers.name} ({judge})"))
+    for col in ("", "mean", "scored", "failed"):
+        table.add_column(col)
+    table.add_row("MT-Bench score", _cell(metrics["mtbench_score"]), str(metrics["scored"]),
+                  str(metrics["failed"]))
+    for turn, r in metrics["turns"].items():
+        table.add_row(f"turn {turn}", _cell(r["mean"]), str(r["scored"]), str(r["failed"]))
+    for cat, r in metrics["categories"].items():
+        table.add_row(escape(cat), _cell(r["mean"]), str(r["scored"]), str(r["failed"]))
+    console.print(table)
+    if metrics["failed"]:
+        console.print(f"{metrics['failed']} of {metrics['n']} judgments had no readable "
+                      "[[rating]] (score -1, left out of the means)", markup=False,
+                      style="yellow")
+    console.print(f"run: {escape(str(path))}")
+
+
 @eval_app.command("pgr")
 def eval_pgr_cmd(
     run_dir: Path | None = typer.Argument(

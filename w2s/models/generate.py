@@ -95,8 +95,11 @@ def _templated(tokenizer, chat: bool) -> bool:
     return bool(chat and getattr(tokenizer, "chat_template", None))
 
 
-def _format(tokenizer, prompts: Sequence[str], chat: bool) -> list[str]:
-    return [format_chat(tokenizer, p) if _templated(tokenizer, chat) else p for p in prompts]
+def _format(tokenizer, prompts: Sequence[str], chat: bool, system: str | None = None
+            ) -> list[str]:
+    if _templated(tokenizer, chat):
+        return [format_chat(tokenizer, p, system=system) for p in prompts]
+    return [f"{system.rstrip()}\n\n{p}" if system else p for p in prompts]
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -224,7 +227,8 @@ def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingCo
 
 def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig | None = None,
              *, chat: bool = True, backend: str = "hf", model_name: str | None = None,
-             adapter: VLLMAdapter | None = None, progress: bool | None = None) -> list[str]:
+             adapter: VLLMAdapter | None = None, progress: bool | None = None,
+             system: str | None = None) -> list[str]:
     """Generate one response per prompt, in the prompts' order.
 
     Args:
@@ -235,13 +239,15 @@ def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig 
         backend: ``hf`` or ``vllm`` (needs ``model_name``, a path or hub id vLLM can load).
         adapter: vllm only: generate through this LoRA adapter on ``model_name`` (the hf
             backend generates with whatever adapter ``model`` has active).
+        system: a system message before every prompt (see :func:`w2s.models.format_chat`;
+            plain text gets it two newlines before the prompt).
 
     Returns the decoded continuations without the prompt and without special tokens.
     """
     cfg = (sampling or SamplingConfig()).validate()
     if not prompts:
         raise W2SError("no prompts to generate from; check the task or file")
-    texts = _format(tokenizer, prompts, chat)
+    texts = _format(tokenizer, prompts, chat, system)
     if pick_backend(backend) == "vllm":
         if not model_name:
             raise W2SError("the vllm backend needs model_name (a path or hub id it can load)")

@@ -273,12 +273,17 @@ def load_classifier(name: str | ResolvedModel, *, num_labels: int = 2,
 # chat formatting and counting
 
 
-def format_chat(tokenizer, prompt: str, response: str | None = None) -> str:
+def format_chat(tokenizer, prompt: str, response: str | None = None, *,
+                system: str | None = None) -> str:
     """The text a model sees for ``prompt`` (and optionally its ``response``).
 
     With a chat template: the template applied to ONE user turn with the generation prompt
     (``<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n``), then ``response`` appended
     verbatim. Without one (base models such as GPT-2): ``prompt + response``, no separator added.
+
+    ``system``: a system message before the user turn (a judge's instructions). A template
+    that refuses the system role (Gemma's) gets it at the head of the user turn instead, two
+    newlines before the prompt, as does plain text.
 
     Either way ``format_chat(tok, p)`` is an exact string prefix of ``format_chat(tok, p, r)``, so
     the response tokens can be masked by position. The template does not close the assistant
@@ -286,10 +291,20 @@ def format_chat(tokenizer, prompt: str, response: str | None = None) -> str:
     stop. Templates write their own BOS where the model wants one, so encode templated text with
     ``add_special_tokens=False``; plain text with the default ``add_special_tokens=True``.
     """
-    text = prompt
+    folded = f"{system.rstrip()}\n\n{prompt}" if system else prompt
+    text = folded
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             tokenize=False, add_generation_prompt=True)
+        text = None
+        if system:
+            try:
+                text = tokenizer.apply_chat_template(
+                    [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                    tokenize=False, add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 - jinja's TemplateError: no system role here
+                text = None
+        if text is None:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": folded}],
+                                                 tokenize=False, add_generation_prompt=True)
     return text + (response or "")
 
 

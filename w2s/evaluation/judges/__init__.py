@@ -12,6 +12,10 @@ judge                         kind       what decides
 ``api:URL[#MODEL]``           pairwise   an OpenAI-compatible chat-completions server
 ============================  =========  ===================================================
 
+``llm:`` and ``api:`` judges also WRITE judgments for a (system, user) prompt
+(:class:`JudgmentWriter`, greedy / temperature 0): what MT-Bench's single-answer grading reads
+(:mod:`w2s.evaluation.benchmarks.mtbench`).
+
 MODEL is anything :func:`w2s.models.resolve_model` takes (alias, local path, hub id,
 ``offline:...``, ``tiny:...``). :func:`parse_judge` splits a string into ``(kind, fields)``;
 :func:`build_judge` makes the judge.
@@ -29,10 +33,12 @@ from w2s.evaluation.judges.base import (
     READS,
     Judge,
     JudgmentCache,
+    JudgmentWriter,
     PairwiseJudge,
     RewardJudge,
     pairwise_prompt,
     parse_verdict,
+    writes_judgments,
 )
 from w2s.evaluation.judges.rewards import (
     REWARDS,
@@ -123,6 +129,7 @@ def _build(spec: str, **options: Any) -> Judge:
     return ApiJudge(spec, fields["url"], fields["model"], **pick(API_OPTIONS))
 
 
-__all__ = ["Judge", "RewardJudge", "PairwiseJudge", "JudgmentCache", "parse_judge", "build_judge",
+__all__ = ["Judge", "RewardJudge", "PairwiseJudge", "JudgmentCache", "JudgmentWriter",
+           "writes_judgments", "parse_judge", "build_judge",
            "register_reward", "REWARDS", "JUDGE_FORMS", "PAIRWISE_TEMPLATE",
            "PAIRWISE_TEMPLATE_VERSION", "pairwise_prompt", "parse_verdict"]

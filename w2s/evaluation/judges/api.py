@@ -19,6 +19,10 @@ hosted APIs), through the shared client :class:`w2s.api.ApiClient`.
 - Cache: every judgment goes to a :class:`~.base.JudgmentCache` as it arrives, so a rerun (or a
   resumed run) asks the server only for what it has not judged: a complete rerun makes no
   requests at all.
+- Written judgments (:class:`~.base.JudgmentWriter`, MT-Bench): a (system, user) prompt, temperature
+  0, up to 2048 tokens (FastChat's llm_judge settings); the reply text is the judgment. They
+  have a cache file of their own (their identity has no pairwise template), keyed by the
+  template's name and hash and the whole prompt.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from w2s.evaluation.judges.base import (
     PAIRWISE_SYSTEM,
     PAIRWISE_TEMPLATE_VERSION,
     JudgmentCache,
+    JudgmentWriter,
     PairwiseJudge,
     pairwise_prompt,
     parse_verdict,
@@ -55,8 +60,9 @@ def chat_url(url: str) -> str:
     return endpoint_url(url, "chat/completions", "api judge")
 
 
-class ApiJudge(PairwiseJudge):
-    """A pairwise judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint."""
+class ApiJudge(PairwiseJudge, JudgmentWriter):
+    """A pairwise judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint; it also
+    writes judgments (:meth:`write_judgments`)."""
 
     def __init__(self, spec: str, url: str, model: str | None = None, *,
                  cache: bool | str | os.PathLike = True, timeout: float = 60.0,
@@ -72,8 +78,11 @@ class ApiJudge(PairwiseJudge):
         self.workers = max(1, int(workers))
         self.max_tokens = int(max_tokens)
         self._model_lock = threading.Lock()
-        self.cache = (JudgmentCache(self._cache_identity(),
-                                    None if cache is True else cache) if cache else None)
+        self._cache_folder = None if cache is True else cache
+        self.cache = (JudgmentCache(self._cache_identity(), self._cache_folder)
+                      if cache else None)
+        self.writing_cache = (JudgmentCache(self._writer_cache_identity(), self._cache_folder)
+                              if cache else None)
 
     def _cache_identity(self) -> dict[str, Any]:
         """Everything that decides a verdict: where, which model, which prompt, how sampled."""
@@ -81,10 +90,21 @@ class ApiJudge(PairwiseJudge):
                 "template": PAIRWISE_TEMPLATE_VERSION, "temperature": 0,
                 "max_tokens": self.max_tokens}
 
+    def _writer_cache_identity(self) -> dict[str, Any]:
+        return {"judge": "api", "url": self.url, "model": self.model, "writes": "judgments",
+                "temperature": 0}
+
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), **self._cache_identity(),
                 "served_model": self.served_model,
-                "cache": str(self.cache.path) if self.cache else None}
+                "cache": str(self.cache.path) if self.cache is not None else None}
+
+    def writer_identity(self) -> dict[str, Any]:
+        """Who wrote the judgments: server, model (as asked and as served), sampling, cache."""
+        return {**self._writer_cache_identity(), "judge": self.spec, "kind": "api",
+                "served_model": self.served_model,
+                "cache": (str(self.writing_cache.path) if self.writing_cache is not None
+                          else None)}
 
     @property
     def requests(self) -> int:
@@ -99,11 +119,15 @@ class ApiJudge(PairwiseJudge):
 
     def ask(self, instruction: str, first: str, second: str) -> str:
         """The server's reply text to the pairwise prompt (first shown as Output 1)."""
+        return self.chat(PAIRWISE_SYSTEM, pairwise_prompt(instruction, first, second),
+                         self.max_tokens)
+
+    def chat(self, system: str, user: str, max_tokens: int) -> str:
+        """The server's reply to one system + user turn, temperature 0."""
         payload = {"model": self._model_for_requests(),
-                   "messages": [{"role": "system", "content": PAIRWISE_SYSTEM},
-                                {"role": "user",
-                                 "content": pairwise_prompt(instruction, first, second)}],
-                   "temperature": 0, "max_tokens": self.max_tokens}
+                   "messages": [{"role": "system", "content": system},
+                                {"role": "user", "content": user}],
+                   "temperature": 0, "max_tokens": int(max_tokens)}
         data = self.client.request(self.url, payload)
         try:
             content = data["choices"][0]["message"]["content"]
@@ -133,13 +157,43 @@ class ApiJudge(PairwiseJudge):
                               "unparsed": bool(hit.get("unparsed")), "cached": True}
             else:
                 todo.append((i, item, key))
+        self._run(todo, self._judge_one, results, self.cache)
+        return results  # type: ignore[return-value]
+
+    def write_judgments(self, prompts: list[tuple[str, str]], *, template: str,
+                        max_tokens: int = 2048) -> list[dict[str, Any]]:
+        cache = self.writing_cache
+        results: list[dict | None] = [None] * len(prompts)
+        todo = []
+        for i, (system, user) in enumerate(prompts):
+            key = (cache.prompt_key(template, system, user, max_tokens)
+                   if cache is not None else None)
+            hit = cache.get(key) if key is not None else None
+            if hit is not None:
+                results[i] = {"text": hit["text"], "template": template, "cached": True}
+            else:
+                todo.append((i, (system, user), key))
+
+        def write_one(prompt: tuple[str, str], key: str | None) -> dict[str, Any]:
+            record = {"text": self.chat(*prompt, max_tokens), "template": template}
+            if cache is not None and key is not None:
+                cache.put(key, record)
+            return {**record, "cached": False}
+
+        self._run(todo, write_one, results, cache)
+        return results  # type: ignore[return-value]
+
+    def _run(self, todo: list[tuple[int, Any, str | None]], work, results: list,
+             cache: JudgmentCache | None) -> None:
+        """``results[i] = work(item, key)`` for each ``(i, item, key)``, on ``workers``
+        threads; the first failure stops the rest and says what the cache keeps."""
         try:
             if self.workers == 1 or len(todo) <= 1:
                 for i, item, key in todo:
-                    results[i] = self._judge_one(item, key)
+                    results[i] = work(item, key)
             else:
                 with ThreadPoolExecutor(self.workers) as pool:
-                    futures = {pool.submit(self._judge_one, item, key): i for i, item, key in todo}
+                    futures = {pool.submit(work, item, key): i for i, item, key in todo}
                     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
                     for f in pending:
                         f.cancel()
@@ -148,7 +202,6 @@ class ApiJudge(PairwiseJudge):
                             raise f.exception()
                         results[futures[f]] = f.result()
         except W2SError as e:
-            kept = (f"; {len(self.cache)} judgments kept in {self.cache.path}, rerun to continue"
-                    if self.cache is not None and len(self.cache) else "")
+            kept = (f"; {len(cache)} judgments kept in {cache.path}, rerun to continue"
+                    if cache is not None and len(cache) else "")
             raise W2SError(f"{e}{kept}") from None
-        return results  # type: ignore[return-value]

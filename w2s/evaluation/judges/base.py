@@ -132,18 +132,41 @@ class PairwiseJudge(Judge):
         raise NotImplementedError
 
 
+class JudgmentWriter:
+    """A judge that can also WRITE a judgment: given a (system, user) prompt it returns the text
+    it generates (greedy / temperature 0), for benchmarks that parse a rating out of it
+    (MT-Bench's ``[[rating]]``). ``api:`` and ``llm:`` judges provide it.
+
+    ``template`` names the prompt template the prompts were made from (its name and a hash of
+    its text, e.g. ``"single-v1@1a2b3c4d"``): it is part of every cached judgment's key and
+    record, so a changed template is judged anew."""
+
+    def write_judgments(self, prompts: list[tuple[str, str]], *, template: str,
+                        max_tokens: int = 2048) -> list[dict[str, Any]]:
+        """For each ``(system, user)``: ``{"text": the judgment, "template": template,
+        "cached": bool}``, at most ``max_tokens`` generated tokens each."""
+        raise NotImplementedError
+
+
+def writes_judgments(judge: Judge) -> bool:
+    """True when ``judge`` can write judgments (:class:`JudgmentWriter`)."""
+    return isinstance(judge, JudgmentWriter)
+
+
 # --------------------------------------------------------------------------------------------
 # judgment cache
 
 
 class JudgmentCache:
-    """Pairwise judgments on disk, one JSONL file per judge identity, keyed by content hash.
+    """Judgments on disk, one JSONL file per judge identity, keyed by content hash.
 
     The key of a judgment hashes (judge identity, prompt-template version, instruction, the output
     shown first, the output shown second), so the order is part of it and changing any of them
-    asks the judge again. Lines are appended (and flushed) as judgments arrive, under a lock, so
-    a run stopped by a server error or killed keeps everything judged so far; a line torn by a
-    kill is ignored on reading and simply judged again.
+    asks the judge again; a written judgment's key (:meth:`prompt_key`) hashes the identity, the
+    template, the whole (system, user) prompt and the token budget. Lines are appended (and
+    flushed) as judgments arrive, under a lock, so a run stopped by a server error or killed
+    keeps everything judged so far; a line torn by a kill is ignored on reading and simply
+    judged again.
 
     Lives in ``<w2s cache>/judgments/<identity hash>.jsonl`` unless given a folder.
     """
@@ -158,6 +181,12 @@ class JudgmentCache:
     def key(self, instruction: str, first: str, second: str) -> str:
         return content_hash({"judge": self.identity, "template": PAIRWISE_TEMPLATE_VERSION,
                              "instruction": instruction, "first": first, "second": second}, 32)
+
+    def prompt_key(self, template: str, system: str, user: str, max_tokens: int) -> str:
+        """The key of a WRITTEN judgment (:class:`JudgmentWriter`): judge identity, template
+        name and hash, the whole prompt, and the token budget."""
+        return content_hash({"judge": self.identity, "template": template, "system": system,
+                             "user": user, "max_tokens": max_tokens}, 32)
 
     def _load(self) -> dict[str, dict]:
         if self._entries is None:

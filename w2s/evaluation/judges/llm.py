@@ -9,6 +9,10 @@ answers ``"1"`` and ``"2"`` as responses with the shared log-prob helper
 
 (1.5 when exactly equal). Scoring the whole verdict string, not one next-token logit, works
 whatever the tokenizer does with "1" and "2". No sampling: the same model gives the same verdicts.
+
+Written judgments (:class:`~w2s.evaluation.judges.base.JudgmentWriter`, MT-Bench): the model
+GENERATES the judgment, greedily, with the shared generation helper
+(:func:`w2s.models.generate`), the system prompt as the chat template's system turn.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from w2s.errors import W2SError
 from w2s.evaluation.judges.base import (
     PAIRWISE_TEMPLATE_VERSION,
     VERDICT_TOKENS,
+    JudgmentWriter,
     PairwiseJudge,
     pairwise_prompt,
 )
 from w2s.models import format_chat, load_causal_lm, response_logprobs
 from w2s.models.batching import pad_right, spans_mask
+from w2s.models.generate import SamplingConfig, generate
 
 
-class LocalLMJudge(PairwiseJudge):
-    """A causal LM judging pairs by the log-probs of the verdicts "1" and "2"."""
+class LocalLMJudge(PairwiseJudge, JudgmentWriter):
+    """A causal LM judging pairs by the log-probs of the verdicts "1" and "2"; it also writes
+    judgments, greedily (:meth:`write_judgments`)."""
 
     def __init__(self, spec: str, model: str, *, batch_size: int = 8, device: str = "auto",
                  dtype: str = "auto", seed: int = 0):
@@ -97,3 +104,38 @@ class LocalLMJudge(PairwiseJudge):
             verdict = 1 if margin > 0 else 2 if margin < 0 else 1.5
             out.append({"verdict": verdict, "margin": margin})
         return out
+
+    # -- written judgments ------------------------------------------------------------------
+    def writer_identity(self) -> dict[str, Any]:
+        """Who wrote the judgments: the model, its versions, greedy decoding."""
+        ident = {k: v for k, v in self.identity().items()
+                 if k not in ("template", "verdict_tokens")}
+        return {**ident, "decoding": "greedy", "backend": "hf"}
+
+    def write_judgments(self, prompts: list[tuple[str, str]], *, template: str,
+                        max_tokens: int = 2048) -> list[dict[str, Any]]:
+        texts: list[str | None] = [None] * len(prompts)
+        by_system: dict[str, list[int]] = {}
+        for i, (system, _) in enumerate(prompts):
+            by_system.setdefault(system, []).append(i)
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        for system, rows in by_system.items():
+            users = [prompts[i][1] for i in rows]
+            longest = 0
+            for i, user in zip(rows, users, strict=True):
+                text = format_chat(self.tokenizer, user, system=system) if templated \
+                    else f"{system.rstrip()}\n\n{user}"
+                n = len(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
+                if n >= self.max_tokens:
+                    raise W2SError(f"judge prompt {i + 1} is {n} tokens, more than "
+                                   f"{self.model_name} takes ({self.max_tokens}); use a judge "
+                                   "with a longer context")
+                longest = max(longest, n)
+            budget = max(1, min(int(max_tokens), self.max_tokens - longest))
+            sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0,
+                                      batch_size=self.batch_size, seed=self.seed)
+            out = generate(self.model, self.tokenizer, users, sampling, chat=True,
+                           system=system, progress=False)
+            for i, text in zip(rows, out, strict=True):
+                texts[i] = text
+        return [{"text": t, "template": template, "cached": False} for t in texts]
