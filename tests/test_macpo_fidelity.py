@@ -128,7 +128,35 @@ def test_every_agent_reads_the_vicuna_template_once_asked():
                 prompt if chat else f"{VICUNA_SYSTEM} USER: {prompt} ASSISTANT:")
         described = {t["prompt_format"] for t in table.values()}
         assert described == ({"chat template"} if chat else
-                             {"vicuna template (system line, USER: ... ASSISTANT: ...</s>)"})
+                             {"vicuna template (system line, USER: ... ASSISTANT: ...</s>; "
+                              "no BOS)"})
+
+
+def test_vicuna_prompts_start_without_a_bos_as_llama_factory():
+    """LLaMA-Factory encodes the vicuna template's slots without special tokens: no BOS, in
+    training (encode), scoring and generation (the shared generate's encoding)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from w2s.models import load_causal_lm
+    from w2s.models.generate import _encode
+    from w2s.train.preference import encode
+
+    _, tok = load_causal_lm("tiny:llama-1x32", device="cpu")
+    bos = tok.convert_tokens_to_ids("<s>")
+    # a tokenizer that adds its BOS to plain text, as Llama-2's and Mistral's do
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>",
+                                                                                        bos)])
+    text = vicuna_prompt("Hi there")
+    for fmt, first in ((Format(templated=True, style="vicuna"), None),
+                       (Format(templated=False, style="chat_template"), bos)):
+        assert fmt.bos is (first is not None)
+        ids = encode(tok, text, "Hello.", chat=fmt.chat, sep=fmt.sep, bos=fmt.bos).input_ids
+        gen = _encode(tok, [text], fmt.chat, fmt.bos)[0]
+        if first is None:
+            assert ids[0] != bos and gen[0] != bos
+            assert list(ids[:len(gen)]) == gen == tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            assert ids[0] == bos and gen[0] == bos
 
 
 # ---- through the CLI: the resolved config and the cache keys -----------------------------------

@@ -117,8 +117,8 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 def _hf_generate(model, tokenizer, texts: list[str], cfg: SamplingConfig,
-                 progress: bool | None, chat: bool) -> list[str]:
-    encoded = _encode(tokenizer, texts, chat)
+                 progress: bool | None, chat: bool, bos: bool = True) -> list[str]:
+    encoded = _encode(tokenizer, texts, chat, bos)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # little padding per batch
     pad_id = _pad_id(tokenizer)
     greedy = cfg.temperature == 0
@@ -163,11 +163,12 @@ def _generated_tokens(new, stops: set[int]) -> int:
     return int(first.sum())
 
 
-def _encode(tokenizer, texts: list[str], chat: bool) -> list[list[int]]:
+def _encode(tokenizer, texts: list[str], chat: bool, bos: bool = True) -> list[list[int]]:
     """Token ids of formatted prompts: a template writes its own special tokens; plain text
     gets the tokenizer's usual ones (a BOS for Llama / Mistral / Gemma), as every other w2s
-    encoding of a plain prompt does. Both backends generate from exactly these ids."""
-    special = not _templated(tokenizer, chat)
+    encoding of a plain prompt does, unless ``bos`` is False. Both backends generate from
+    exactly these ids."""
+    special = bos and not _templated(tokenizer, chat)
     return [tokenizer(t, add_special_tokens=special)["input_ids"] for t in texts]
 
 
@@ -189,7 +190,8 @@ _REQUESTS = [0]                     # LoRA request ids: a new one per call, as w
 
 
 def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingConfig,
-                   chat: bool, adapter: VLLMAdapter | None = None) -> list[str]:
+                   chat: bool, adapter: VLLMAdapter | None = None,
+                   bos: bool = True) -> list[str]:
     """vLLM from the same token ids as the hf backend (a templated prompt's BOS is not added
     a second time) and with the same explicit sampling parameters.
 
@@ -211,7 +213,7 @@ def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingCo
     params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_k=cfg.top_k if cfg.top_k > 0 else -1, top_p=cfg.top_p,
                             seed=cfg.seed, skip_special_tokens=True)
-    prompts = [{"prompt_token_ids": ids} for ids in _encode(tokenizer, texts, chat)]
+    prompts = [{"prompt_token_ids": ids} for ids in _encode(tokenizer, texts, chat, bos)]
     if adapter is None:
         results = llm.generate(prompts, params)
     else:
@@ -228,7 +230,7 @@ def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingCo
 def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig | None = None,
              *, chat: bool = True, backend: str = "hf", model_name: str | None = None,
              adapter: VLLMAdapter | None = None, progress: bool | None = None,
-             system: str | None = None) -> list[str]:
+             system: str | None = None, bos: bool = True) -> list[str]:
     """Generate one response per prompt, in the prompts' order.
 
     Args:
@@ -241,6 +243,7 @@ def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig 
             backend generates with whatever adapter ``model`` has active).
         system: a system message before every prompt (see :func:`w2s.models.format_chat`;
             plain text gets it two newlines before the prompt).
+        bos: False: a plain (untemplated) prompt gets no special tokens, no BOS.
 
     Returns the decoded continuations without the prompt and without special tokens.
     """
@@ -251,8 +254,8 @@ def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig 
     if pick_backend(backend) == "vllm":
         if not model_name:
             raise W2SError("the vllm backend needs model_name (a path or hub id it can load)")
-        return _vllm_generate(model_name, tokenizer, texts, cfg, chat, adapter)
-    return _hf_generate(model, tokenizer, texts, cfg, progress, chat)
+        return _vllm_generate(model_name, tokenizer, texts, cfg, chat, adapter, bos)
+    return _hf_generate(model, tokenizer, texts, cfg, progress, chat, bos)
 
 
 def sampling_record(sampling: SamplingConfig, backend: str) -> dict:

@@ -73,19 +73,22 @@ def _templated(tokenizer, chat: bool) -> bool:
 
 
 def encode(tokenizer, prompt: str, response: str, *, max_len: int = 512, chat: bool = True,
-           eos: bool = True, sep: str = "", truncation: str = "prompt") -> Encoded:
+           eos: bool = True, sep: str = "", truncation: str = "prompt",
+           bos: bool = True) -> Encoded:
     """Token ids of ``prompt`` (chat-formatted when ``chat`` and the tokenizer has a template)
     followed by ``sep + response`` (+ EOS). See the module docstring for truncation.
 
     ``sep``: text put before the response in plain (untemplated) mode, e.g. ``" "`` after an
-    Anthropic-HH ``"...Assistant:"`` prompt. Raises :class:`W2SError` for an empty response.
+    Anthropic-HH ``"...Assistant:"`` prompt. ``bos`` False: a plain prompt gets none of the
+    tokenizer's special tokens (LLaMA-Factory's vicuna template adds no BOS). Raises
+    :class:`W2SError` for an empty response.
     """
     if not response or not response.strip():
         raise W2SError("a response is empty; every preference row needs non-empty responses "
                        "(drop or fix that row)")
     templated = _templated(tokenizer, chat)
     prompt_text = format_chat(tokenizer, prompt) if templated else prompt
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=not templated)["input_ids"]
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=bos and not templated)["input_ids"]
     text = response if templated else sep + response
     response_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if eos and tokenizer.eos_token_id is not None:
@@ -269,13 +272,13 @@ def reward_scores(model, items: Sequence[Encoded], pad_id: int, *, batch_size: i
 
 def train_sft(model, tokenizer, rows: Sequence[dict], config, *, max_len: int = 512,
               chat: bool = True, sep: str = "", eos: bool = True, truncation: str = "prompt",
-              **train_kwargs: Any):
+              bos: bool = True, **train_kwargs: Any):
     """Supervised fine-tuning on ``{prompt, response}`` rows: mean NLL of the response tokens
     (EOS included unless ``eos=False``), prompt tokens unscored; ``truncation`` as in
     :func:`encode` (``"left"``: keep the last ``max_len`` tokens). Returns the loop's
     :class:`TrainResult`."""
     examples = [encode(tokenizer, r["prompt"], r["response"], max_len=max_len, chat=chat,
-                       sep=sep, eos=eos, truncation=truncation) for r in rows]
+                       sep=sep, eos=eos, truncation=truncation, bos=bos) for r in rows]
     pad = pad_id(tokenizer)
 
     def loss_fn(m, batch):
@@ -290,7 +293,7 @@ def train_sft(model, tokenizer, rows: Sequence[dict], config, *, max_len: int = 
 def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str = "dpo",
               beta: float | None = None, ftx: float = 0.0, simpo_gamma: float = 1.0,
               max_len: int = 512, chat: bool = True, sep: str = "", ref_batch_size: int = 16,
-              reference_adapters: bool = False, **train_kwargs: Any):
+              reference_adapters: bool = False, bos: bool = True, **train_kwargs: Any):
     """Preference optimisation on ``{prompt, chosen, rejected}`` rows.
 
     objective ``"dpo"``: :func:`~w2s.train.losses.dpo_loss` (beta default 0.1) against the
@@ -311,7 +314,7 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
     if ftx < 0:
         raise W2SError(f"ftx (the SFT weight) must be >= 0, got {ftx}")
     pad = pad_id(tokenizer)
-    examples = encode_pairs(tokenizer, rows, max_len=max_len, chat=chat, sep=sep)
+    examples = encode_pairs(tokenizer, rows, max_len=max_len, chat=chat, sep=sep, bos=bos)
     if objective == "dpo":
         reference_logprobs(model, examples, pad, batch_size=ref_batch_size,
                            adapters=reference_adapters)

@@ -35,7 +35,7 @@ class Format:
     ``style`` ``vicuna``: every model, templated or not, reads LLaMA-Factory's vicuna template
     (:func:`w2s.models.prompts.vicuna_prompt`): its system line, an HH transcript flattened turn
     by turn with each earlier answer closed by ``eos`` (the model's end-of-sequence token), the
-    answer after a space.
+    answer after a space, and no BOS before it (LLaMA-Factory adds none).
 
     Generated answers are cut where the format's next user turn would begin.
     """
@@ -53,6 +53,12 @@ class Format:
     def sep(self) -> str:
         return "" if self.chat else " "
 
+    @property
+    def bos(self) -> bool:
+        """Whether a plain prompt starts with the tokenizer's special tokens (its BOS): not in
+        the vicuna style, where LLaMA-Factory encodes every slot without them."""
+        return self.style != "vicuna"
+
     def text(self, prompt: str) -> str:
         if self.style == "vicuna":
             return vicuna_prompt(prompt, hh=self.prompt_format == "hh", eos=self.eos)
@@ -69,7 +75,7 @@ class Format:
 
     def describe(self) -> str:
         if self.style == "vicuna":
-            return f"vicuna template (system line, USER: ... ASSISTANT: ...{self.eos})"
+            return f"vicuna template (system line, USER: ... ASSISTANT: ...{self.eos}; no BOS)"
         if self.templated:
             return "chat template"
         return "HH transcript" if self.prompt_format == "hh" else "vicuna (USER: ... ASSISTANT:)"

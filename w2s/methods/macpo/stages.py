@@ -186,7 +186,7 @@ class Stages:
             last.update(rec)
             self.log({"stage": name, "agent": agent, **rec})
 
-        common = dict(max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep,
+        common = dict(max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep, bos=fmt.bos,
                       checkpoint_dir=checkpoints, log=log, accelerator=self.accelerator,
                       description=f"{name} ({base.name})")
         started = time.perf_counter()
@@ -247,14 +247,16 @@ class Stages:
         from w2s.models.generate import VLLMAdapter, generate
 
         if self.backend != "vllm":
-            return generate(base.model, base.tokenizer, texts, gen, chat=base.format.chat)
+            return generate(base.model, base.tokenizer, texts, gen, chat=base.format.chat,
+                            bos=base.format.bos)
         scratch = self.path(".vllm")
         shutil.rmtree(scratch, ignore_errors=True)
         try:
             adapter = VLLMAdapter(agent, str(base.export(agent, scratch / agent)),
                                   rank=base.lora.r, memory=self.cfg.generation.vllm_memory)
             return generate(base.model, base.tokenizer, texts, gen, chat=base.format.chat,
-                            backend="vllm", model_name=base.location, adapter=adapter)
+                            backend="vllm", model_name=base.location, adapter=adapter,
+                            bos=base.format.bos)
         finally:  # vLLM has read the adapter by the time generate returns
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -292,7 +294,8 @@ class Stages:
         model.use(agent_name(learner, POS))
         fmt = model.format
         items = [encode(model.tokenizer, fmt.text(r["prompt"]), r["response"],
-                        max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep) for r in rows]
+                        max_len=self.cfg.max_len, chat=fmt.chat, sep=fmt.sep, bos=fmt.bos)
+                 for r in rows]
         sums, counts = (score_items(model.model, items, pad_id(model.tokenizer), reference=base)
                         if items else ([], []))
         return [{**r, "perplexity": perplexity(s, n), "tokens": n}
