@@ -381,3 +381,17 @@ def test_generate_judgment_is_cached(judge_server, tmp_path):
     assert judge_server.chat_requests == 1 and judge.requests == 1
     with pytest.raises(W2SError, match="generative judge"):
         build_generative_judge("rm:tiny:llama-1x32")
+
+
+def test_llm_judge_writes_greedily_and_caches(tmp_path):
+    from w2s.console import register_model_builders
+    from w2s.evaluation.judges.generate import build_generative_judge, generate_judgment
+
+    register_model_builders()
+    judge = build_generative_judge("llm:tiny:llama-1x32", cache=tmp_path / "c", max_tokens=6,
+                                   device="cpu")
+    first = generate_judgment(judge, ah.OG_ARENA_HARD_PROMPT, "Q")
+    assert generate_judgment(judge, ah.OG_ARENA_HARD_PROMPT, "Q") == first
+    assert judge.requests == 1
+    ident = judge.identity()
+    assert ident["judge"] == "llm:tiny:llama-1x32" and ident["decoding"] == "greedy"

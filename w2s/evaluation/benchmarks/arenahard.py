@@ -35,6 +35,12 @@ Two settings, each its code path exactly (the scoring is in :mod:`.arenahard_sco
     an unpenalised BT fit per bootstrap round; score the median round, interval 5 / 95.
 
 Only generative judges (``api:``, ``llm:``) can be used: the benchmark parses the judge's text.
+
+Their leaderboards fit every model's battles together. Without style control that changes
+nothing for one model (every battle involves the baseline, so each model's fit is its own); with
+style control the covariates are standardised over all the battles in the fit and share their
+coefficients, so a one-model style-controlled score (what this computes) matches the
+leaderboard's only for the same set of models.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class GenerativeJudge:
         raise NotImplementedError
 
     def identity(self) -> dict[str, Any]:
-        return {"judge": self.spec, "kind": self.kind, **self._cache_identity(),
+        return {**self._cache_identity(), "judge": self.spec, "kind": self.kind,
                 "cache": str(self.cache.path) if self.cache else None}
 
     def _generate(self, messages: list[dict[str, str]]) -> str:
