@@ -191,6 +191,77 @@ def eval_mtbench_cmd(
     console.print(f"run: {escape(str(path))}")
 
 
+@eval_app.command("arenahard")
+def eval_arenahard_cmd(
+    answers: Path = typer.Option(..., "--answers", help="the model's answers: Arena-Hard's "
+                                 "answer .jsonl (uid/question_id, model, messages or choices)"),
+    baseline: Path = typer.Option(..., "--baseline", help="the baseline's answers, same format "
+                                  "(v0.1: gpt-4-0314; v2: o3-mini-2025-01-31)"),
+    judge: str = typer.Option(..., "--judge", help="a generative judge: api:URL[#MODEL] | "
+                              "llm:MODEL"),
+    questions: Optional[Path] = typer.Option(
+        None, "--questions", help="question.jsonl (uid/question_id, category, prompt or turns);"
+        " default: the prompts the answer files carry"),
+    setting: str = typer.Option("v2", "--setting", help="v0.1 (the original code: GPT-4-Turbo "
+                                "judge, BT MLE, 95% interval) or v2 (current code)"),
+    category: Optional[str] = typer.Option(None, "--category", help="score only the questions "
+                                           "of this category (v2: hard_prompt, "
+                                           "creative_writing)"),
+    n_boot: int = typer.Option(100, "--n-boot", help="bootstrap rounds"),
+    seed: int = typer.Option(42, "--seed", help="bootstrap seed"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="judge reply tokens "
+                                             "(default v0.1 4096, v2 16000)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
+                                           "(default runs/arenahard/<time>-<hash>)"),
+    device: str = typer.Option("auto", "--device", help="llm judge: auto, cpu, cuda, mps"),
+    timeout: float = typer.Option(600.0, "--timeout", help="api judge: seconds per request"),
+    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
+    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="api judge: at most "
+                                               "this many requests per second"),
+    workers: int = typer.Option(1, "--workers", help="api judge: questions judged in parallel"),
+    judge_cache: Optional[Path] = typer.Option(
+        None, "--judge-cache", help="folder of the judgment cache (default <w2s cache>/"
+        "judgments)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="ask again, cache nothing"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
+) -> None:
+    """Arena-Hard-Auto: the model's win rate against the baseline, as Arena-Hard's code scores
+    it: each question judged twice (positions swapped), [[A>>B]]-style verdicts (>> = 3
+    battles), Bradley-Terry, a bootstrap interval, and the style-controlled score."""
+    from w2s.evaluation.benchmarks.arenahard import eval_arenahard
+
+    if "tiny:" in judge:
+        register_model_builders()
+    cache = False if no_cache else (judge_cache or True)
+    metrics, path = eval_arenahard(answers, baseline, judge, questions=questions,
+                                   setting=setting, category=category, n_boot=n_boot, seed=seed,
+                                   run_dir=run_dir, cache=cache, workers=workers,
+                                   max_tokens=max_tokens, device=device, timeout=timeout,
+                                   max_retries=max_retries, rate_limit=rate_limit)
+    if as_json:
+        console.print_json(json.dumps(metrics))
+        return
+    level = f"{round(100 * metrics['ci_level'])}% CI"
+    table = Table(title=escape(f"Arena-Hard {setting}: {metrics['model']} vs "
+                               f"{metrics['baseline_model']} ({judge})"))
+    for col in ("score", level, "style-controlled", level, "questions", "battles",
+                "unparsed games"):
+        table.add_column(col)
+
+    def ci(lo, hi):
+        return "-" if lo is None else f"[{lo:.1f}, {hi:.1f}]"
+
+    table.add_row(_cell(metrics["score"]), ci(metrics["ci_low"], metrics["ci_high"]),
+                  _cell(metrics["style_controlled_score"]),
+                  ci(metrics["style_ci_low"], metrics["style_ci_high"]),
+                  str(metrics["n_questions"]), str(metrics["n_battles"]),
+                  f"{metrics['n_unparsed']} of {metrics['n_games']}")
+    console.print(table)
+    if metrics["style_controlled_score_reason"]:
+        console.print(f"style control: {metrics['style_controlled_score_reason']}", markup=False)
+    console.print(f"run: {escape(str(path))}")
+
+
 @eval_app.command("pgr")
 def eval_pgr_cmd(
     run_dir: Path | None = typer.Argument(
