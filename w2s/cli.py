@@ -181,6 +181,51 @@ def alias_main(argv: list[str] | None = None, *, alias: str | None = None) -> No
     main([spec.name, *(sys.argv[1:] if argv is None else argv)])
 
 
+@app.command("generate")
+def generate_cmd(
+    model: str = typer.Option(..., "--model", help="the model answering: alias, local dir, hub "
+                              "id or tiny:... (a chat model)"),
+    benchmark: str = typer.Option(..., "--benchmark", help="alpacaeval | mtbench | arenahard"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="the benchmark's prompt file "
+                                           "(default: its hub dataset)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the answer file here"),
+    name: Optional[str] = typer.Option(None, "--name", help="the generator / model_id the "
+                                       "answers carry (default: the model's name)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="answer only the first N prompts"),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, "--max-new-tokens", help="default: alpacaeval 2048, mtbench 1024 (FastChat), "
+        "arenahard 4096"),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", help="default: MT-Bench's per category (FastChat), else 0 "
+        "(greedy)"),
+    batch_size: int = typer.Option(8, "--batch-size", help="prompts per generate call"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16, float16, float32"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
+                                           "(default runs/generate/<time>-<hash>)"),
+) -> None:
+    """A model's answers to a benchmark's prompts, in the file format the benchmark's own tools
+    read (AlpacaEval's model_outputs.json, FastChat's and Arena-Hard's answer jsonl); score them
+    with `w2s eval alpacaeval | mtbench | arenahard` or with the benchmark's own tools."""
+    from w2s.evaluation.benchmarks.answers import BENCHMARKS, generate_benchmark_answers
+
+    if benchmark not in BENCHMARKS:
+        raise W2SError(f"unknown benchmark '{benchmark}'; use one of {', '.join(BENCHMARKS)}")
+    register_model_builders()
+    metrics, path = generate_benchmark_answers(
+        model, benchmark, prompts=prompts, out=out, name=name, limit=limit, backend=backend,
+        max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
+        device=device, dtype=dtype, seed=seed, run_dir=run_dir)
+    console.print(f"{metrics['n_answers']} answers from {escape(metrics['generator'])} to "
+                  f"{metrics['n_prompts']} {benchmark} prompts ({metrics['elapsed_s']:.0f} s): "
+                  f"{escape(metrics['answers'])}")
+    if metrics["empty_answers"]:
+        console.print(f"[yellow]{metrics['empty_answers']} answers are empty[/yellow]")
+    console.print(f"run: {escape(str(path))}")
+
+
 @app.command("report")
 def report_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run directories to report on"),
