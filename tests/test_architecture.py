@@ -237,3 +237,25 @@ print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_merge_conflict_markers_are_left_in_tracked_files():
+    """A merge that left ``<<<<<<<`` / ``>>>>>>>`` lines in a file (the README, a recipe) is
+    caught here, not by a reader."""
+    repo = ROOT.parent
+    files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True)
+    if files.returncode != 0:
+        pytest.skip("not a git checkout")
+    bad = []
+    for name in files.stdout.splitlines():
+        path = repo / name
+        if path.suffix not in (".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", "") \
+                or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        bad += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1)
+                if line.startswith(("<<<<<<< ", ">>>>>>> "))]
+    assert not bad, f"merge conflict markers left in {bad}"
