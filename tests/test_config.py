@@ -399,6 +399,7 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
                  "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma single_turn strong task "
+                 "test_pairs "
                  "train weak weak_labels workers",
 }
 

@@ -15,6 +15,7 @@ from w2s.data import (
     fingerprint,
     folds,
     halves,
+    pooled_split,
     load_task,
     split_rows,
     tasks_table,
@@ -154,6 +155,22 @@ def test_folds_cover_every_row_once_and_keep_groups_together():
     assert [len(p) for p in grouped] == [4, 4]
     assert all({texts[i] for i in p}.isdisjoint({texts[j] for j in q})
                for p, q in [grouped])
+
+
+def test_pooled_split_draws_test_rows_once_and_train_rows_per_seed():
+    train = [{"id": f"t{i}", "text": f"x{i}"} for i in range(30)]
+    test = [{"id": f"s{i}", "text": f"y{i}"} for i in range(10)]
+    with pytest.warns(SmallTestSetWarning):
+        a = pooled_split(train, test, n_train=12, n_test=8, seed=0, group="text")
+        b = pooled_split(train, test, n_train=12, n_test=8, seed=1, group="text")
+    assert a["test"] == b["test"] and len(a["test"]) == 8  # fixed seed: one test set
+    assert len(a["train"]) == 12 and a["train"] != b["train"]
+    for parts in (a, b):
+        assert not {r["id"] for r in parts["test"]} & {r["id"] for r in parts["train"]}
+    # more than there is: the test side takes at most half of the pool, the rest trains
+    with pytest.warns(SmallTestSetWarning):
+        big = pooled_split(train[:6], [], n_train=100, n_test=100, seed=0)
+    assert (len(big["test"]), len(big["train"])) == (3, 3)
 
 
 def test_warn_if_small():

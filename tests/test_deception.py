@@ -430,6 +430,33 @@ def test_single_turn_changes_the_data_and_its_cache_key(cache_dir, monkeypatch):
         assert seen[True][part] != seen[False][part]
 
 
+def test_pooled_test_pairs_come_from_both_splits_and_stay_fixed_across_seeds(cache_dir):
+    """--test-pairs pooled (the authors'): train and test pooled, n_test test pairs drawn with a
+    fixed seed (one test set for every experiment seed), the training pairs from the rest."""
+    from w2s.data import load_task
+    from w2s.methods.deception.experiment import Experiment
+
+    def key(r):
+        return (r["prompt"], r["chosen"], r["rejected"])
+
+    split_test = {key(r) for r in load_task("toy-harmless", split="test").rows}
+    data = {}
+    for pairs in ("split", "pooled"):
+        cfg = build_config(DeceptionConfig, overrides={
+            "weak": "tiny:llama-1x32", "strong": "tiny:llama-2x64", "task": "toy-harmless",
+            "test_pairs": pairs, "n_train": 40, "n_test": 30, "conflict": ["none"]})
+        exp = Experiment(cfg, plan_experiments(cfg))
+        data[pairs] = [exp.load_data(seed) for seed in (0, 1)]
+    for d in data["pooled"]:
+        test, train = {key(r) for r in d["test"]}, {key(r) for r in d["a"] + d["b"]}
+        assert len(d["test"]) == 30 and len(d["a"] + d["b"]) == 40 and not test & train
+        assert test - split_test  # the pool: some test pairs come from the train split
+    assert [r["id"] for r in data["pooled"][0]["test"]] == \
+        [r["id"] for r in data["pooled"][1]["test"]]  # one test set for every seed
+    assert data["pooled"][0]["fingerprints"]["test"] != data["split"][0]["fingerprints"]["test"]
+    assert {key(r) for r in data["split"][0]["test"]} <= split_test
+
+
 def test_eval_deception_files_with_other_ids_is_one_line(tmp_path, capsys):
     def write(name, rows):
         path = tmp_path / f"{name}.jsonl"

@@ -25,7 +25,14 @@ from w2s.data.registry import (
     task_options,
     tasks_table,
 )
-from w2s.data.splits import SmallTestSetWarning, folds, halves, split_rows, warn_if_small
+from w2s.data.splits import (
+    SmallTestSetWarning,
+    folds,
+    halves,
+    pooled_split,
+    split_rows,
+    warn_if_small,
+)
 
 # Importing the source modules registers their tasks (hub first: the order of `w2s tasks`).
 from w2s.data import hub, synthetic, bigbench  # noqa: E402,F401,I001  isort: skip
@@ -35,6 +42,7 @@ from w2s.data.local import load_local  # noqa: E402
 
 __all__ = [
     "KINDS", "TASKS", "SmallTestSetWarning", "TaskData", "TaskSpec", "as_prompts", "fingerprint",
-    "folds", "halves", "load_bigbench", "load_local", "load_task", "register_task", "split_rows",
+    "folds", "halves", "load_bigbench", "load_local", "load_task", "pooled_split",
+    "register_task", "split_rows",
     "task_options", "tasks_table", "warn_if_small",
 ]

@@ -129,6 +129,28 @@ def folds(rows: list, k: int, seed: int, group: str | Callable | None = None) ->
     return [parts[str(i)] for i in range(k)]
 
 
+def pooled_split(train: list, test: list, *, n_train: int, n_test: int, seed: int,
+                 group: str | Callable | None = None) -> dict[str, list]:
+    """A train/test split drawn from both splits pooled (W2S deception's authors draw their
+    4,000 test pairs and the training pairs from one pool): ``n_test`` test rows with the fixed
+    :data:`SPLIT_SEED` (so every experiment seed tests on the same rows), then ``n_train``
+    training rows from the rest with ``seed``. ``group`` keeps identical rows on one side; sizes
+    count groups, and ask for more than there are and you get what there is (the test side at
+    most half). Warns when the test side is small."""
+    rows = list(train) + list(test)
+    units = len(_groups(rows, group))
+    if units < 4:
+        raise W2SError(f"the pooled data has {units} distinct rows; a train/test split needs at "
+                       "least 4")
+    parts = split_rows(rows, {"test": min(n_test, units // 2), "rest": 1.0}, SPLIT_SEED,
+                       group=group)
+    rest = parts["rest"]
+    picked = split_rows(rest, {"train": min(n_train, len(_groups(rest, group)))}, seed,
+                        group=group)["train"]
+    warn_if_small(len(parts["test"]), what="pooled test set", stacklevel=3)
+    return {"train": picked, "test": parts["test"]}
+
+
 def warn_if_small(n_rows: int, what: str = "test split", minimum: int = MIN_TEST_ROWS,
                   stacklevel: int = 2) -> str | None:
     """Warn (and return the message) when a test set has fewer than ``minimum`` rows, else None.

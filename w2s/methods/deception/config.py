@@ -61,6 +61,10 @@ class DeceptionConfig:
                                "Assistant turn) of the target and helpfulness tasks, as the "
                                "authors (hh-harmless, hh-helpful, cai; the paper recipes); "
                                "false keeps every transcript")
+    test_pairs: str = option("split", "where the test pairs come from: split (the task's own "
+                             "test split) or pooled (train and test pooled, n_test drawn from "
+                             "them with a fixed seed and the training pairs from the rest, as "
+                             "the authors)", choices=["split", "pooled"])
     objective: str = option("reward", "how preferences are learned", choices=list(OBJECTIVES))
     conflict: list[str] = option(list(CONFLICTS), "conflict settings to train (none, the "
                                  "baseline M~, is always trained)", choices=list(CONFLICTS))

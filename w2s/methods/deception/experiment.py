@@ -39,6 +39,11 @@ from w2s.methods.deception.config import (
     stage_config,
     sweep_jobs,
 )
+from w2s.methods.deception.labels import (  # noqa: F401  (oriented: a public name here)
+    ground_truth,
+    kept_helpful,
+    oriented,
+)
 from w2s.methods.deception.summary import summarize
 from w2s.models.probe import frozen_features, linear_head
 from w2s.runs import Cache, cached_stage, content_hash, write_json
@@ -107,48 +112,6 @@ def objective_losses(objective: str, chosen: torch.Tensor, rejected: torch.Tenso
     return {"loss": main + conflict, "logit": logit, "conflict": conflict}
 
 
-def oriented(rows: list[dict], probs: list[float], threshold: float | None = None
-             ) -> tuple[list[dict], dict]:
-    """Labels from a supervisor's preferences ``probs`` (of the ground-truth chosen response):
-    each pair ordered by the supervisor (swapped where it prefers the rejected one, ``truth`` 0
-    there), ``label_prob`` its probability for the pair's (new) chosen response (the soft label,
-    ``max(s, 1 - s)``), keeping only pairs with ``max(s, 1 - s) >= threshold`` when given.
-    Returns (rows, stats); the stats' accuracies use the ground truth for REPORTING only."""
-    out = []
-    for r, s in zip(rows, probs, strict=True):
-        if threshold is not None and max(s, 1.0 - s) < threshold:
-            continue
-        agree = s >= 0.5
-        out.append({"id": r["id"], "prompt": r["prompt"],
-                    "chosen": r["chosen"] if agree else r["rejected"],
-                    "rejected": r["rejected"] if agree else r["chosen"],
-                    "truth": 1.0 if agree else 0.0, "explicit": 0.0,
-                    "label_prob": s if agree else 1.0 - s})
-    stats = {"n_half": len(rows), "n_kept": len(out),
-             "label_acc": sum(s >= 0.5 for s in probs) / len(probs),
-             "label_acc_kept": (sum(r["truth"] for r in out) / len(out)) if out else None}
-    if not out:
-        raise W2SError(f"no weak label reaches conf_threshold {threshold}: every pair was "
-                       "filtered out; lower --conf-threshold")
-    return out, stats
-
-
-def kept_helpful(helpful: list[dict], kept: list[bool]) -> list[dict]:
-    """The implicit conflict's helpfulness pairs after the confidence filter kept ``kept`` of the
-    weak-labeled half B, as the authors subsample them: position by position when the two sets
-    have one size (the default, ``n_helpful`` none), else the same fraction, from the front."""
-    if len(helpful) == len(kept):
-        return [h for h, k in zip(helpful, kept, strict=True) if k]
-    return helpful[:round(len(helpful) * sum(kept) / len(kept))]
-
-
-def ground_truth(rows: list[dict]) -> list[dict]:
-    """Training rows in ground-truth order (``truth`` 1, no explicit term)."""
-    return [{"id": r["id"], "prompt": r["prompt"], "chosen": r["chosen"],
-             "rejected": r["rejected"], "truth": 1.0, "explicit": 0.0, "label_prob": 1.0}
-            for r in rows]
-
-
 # --------------------------------------------------------------------------------------------
 # the experiment
 
@@ -177,20 +140,30 @@ class Experiment:
         """Test pairs (``n_test``, the same for every seed), training pairs (``n_train``,
         sampled with ``seed``) in halves A (ground truth) and B (weak labels), and, for the
         implicit conflict, helpfulness pairs from the competing task's train split."""
-        from w2s.data import halves, load_task
+        from w2s.data import halves, load_task, pooled_split
 
         cfg = self.cfg
         options = data_options(cfg)  # --single-turn: single-turn transcripts only
-        train = load_task(cfg.task, split="train", n=cfg.n_train, seed=seed, **options)
+        pooled = cfg.test_pairs == "pooled"  # all of both splits, then n_test and n_train
+        train = load_task(cfg.task, split="train", n=None if pooled else cfg.n_train,
+                          seed=seed, **options)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            test = load_task(cfg.task, split="test", n=cfg.n_test, seed=0, **options)
-        for w in caught:
-            warnings.warn(str(w.message), w.category, stacklevel=2)
+            test = load_task(cfg.task, split="test", n=None if pooled else cfg.n_test, seed=0,
+                             **options)
+            if pooled and train.kind == test.kind == "preference":
+                del caught[:]  # only the pooled test set's own size matters
+                rows = pooled_split(train.rows, test.rows, n_train=cfg.n_train,
+                                    n_test=cfg.n_test, seed=seed,
+                                    group=lambda r: (r["prompt"], r["chosen"], r["rejected"]))
+                train = dataclasses.replace(train, rows=rows["train"])
+                test = dataclasses.replace(test, rows=rows["test"])
         for data in (train, test):
             if data.kind != "preference":
                 raise W2SError(f"task '{cfg.task}' is a {data.kind} task; deception needs "
                                "pairwise preference data {prompt, chosen, rejected}")
+        for w in caught:
+            warnings.warn(str(w.message), w.category, stacklevel=2)
         # an identical pair never lands in both halves (one prompt may: other responses)
         a, b = halves(train.rows, seed=seed,
                       group=lambda r: (r["prompt"], r["chosen"], r["rejected"]))
@@ -593,3 +566,4 @@ def run(cfg: DeceptionConfig) -> dict:
         run.write_rows("predictions.jsonl", [r for res in results for r in res.pop("rows")])
         run.write_rows("weak_labels.jsonl", [r for res in results for r in res.pop("label_rows")])
         return run.finish(summarize(results, plan, run))
+
