@@ -388,10 +388,12 @@ def test_llm_judge_writes_greedily_and_caches(tmp_path):
     from w2s.evaluation.judges.generate import build_generative_judge, generate_judgment
 
     register_model_builders()
-    judge = build_generative_judge("llm:tiny:llama-1x32", cache=tmp_path / "c", max_tokens=6,
-                                   device="cpu")
-    first = generate_judgment(judge, ah.OG_ARENA_HARD_PROMPT, "Q")
-    assert generate_judgment(judge, ah.OG_ARENA_HARD_PROMPT, "Q") == first
+    judge = build_generative_judge("llm:tiny:llama-1x32", cache=tmp_path / "c", device="cpu")
+    system = ah.OG_ARENA_HARD_PROMPT[:200]  # the whole prompt is more than its 512 positions
+    first = generate_judgment(judge, system, "Q", max_tokens=6)
+    assert generate_judgment(judge, system, "Q", max_tokens=6) == first
     assert judge.requests == 1
-    ident = judge.identity()
+    with pytest.raises(W2SError, match=r"more than tiny:llama-1x32 takes \(512\)"):
+        generate_judgment(judge, ah.OG_ARENA_HARD_PROMPT, "Q", max_tokens=6)
+    ident = judge.writer_identity()
     assert ident["judge"] == "llm:tiny:llama-1x32" and ident["decoding"] == "greedy"

@@ -377,6 +377,65 @@ def test_model_from_the_server_listing_and_workers(server_factory, tmp_path):
     assert m["judge"]["served_model"] == "served-judge"
 
 
+def test_one_api_judge_compares_writes_and_replies_through_one_client(server_factory, tmp_path):
+    """The built api: judge is the generative judge too: pairwise verdicts, a batch of written
+    judgments and a multi-turn reply all go through its one client (one request count) and its
+    one cache folder; a written (system, user) judgment IS the reply to that conversation."""
+    from w2s.evaluation.judges import conversation, pairwise_prompt, writes_judgments
+
+    server = server_factory()
+    judge = build_judge(f"api:{server.url}#j", cache=tmp_path / "c", workers=2)
+    assert writes_judgments(judge)
+    good_first, good_second = pairwise_prompt("Q", "GOOD a", "meh"), pairwise_prompt("Q", "x", "GOOD")
+    assert judge.compare([("Q", "GOOD a", "meh")])[0]["verdict"] == 1
+    written = judge.write_judgments([("S", good_first), ("S", good_second), ("T", good_second)],
+                                    template="t@1", max_tokens=16)
+    assert [(w["text"], w["cached"], w["template"]) for w in written] == [
+        ("1", False, "t@1"), ("2", False, "t@1"), ("2", False, "t@1")]
+    talk = [*conversation("S", good_first), {"role": "assistant", "content": "1"},
+            {"role": "user", "content": good_second}]
+    assert judge.reply(talk, template="t@1", max_tokens=16) == ("2", False)
+    assert server.chat_requests == 5 == judge.requests
+    assert judge.reply(conversation("S", good_second), template="t@1", max_tokens=16) == ("2", True)
+    assert judge.reply(talk, template="t@2", max_tokens=16) == ("2", False)  # a new template
+    assert server.chat_requests == 6 == judge.requests
+    # one folder, a file for verdicts and one for written judgments
+    assert judge.cache.path.parent == judge.writing_cache.path.parent == tmp_path / "c"
+    assert len(list((tmp_path / "c").glob("*.jsonl"))) == 2
+    ident = judge.writer_identity()
+    assert ident["judge"] == f"api:{server.url}#j" and ident["kind"] == "api"
+    assert ident["served_model"] == "j" and ident["cache"] == str(judge.writing_cache.path)
+    # a fresh judge over the same folder answers everything from it
+    again = build_judge(f"api:{server.url}#j", cache=tmp_path / "c")
+    assert again.compare([("Q", "GOOD a", "meh")])[0]["cached"]
+    assert all(w["cached"] for w in again.write_judgments(
+        [("S", good_first), ("T", good_second)], template="t@1", max_tokens=16))
+    assert again.reply(talk, template="t@1", max_tokens=16) == ("2", True)
+    assert server.chat_requests == 6 and again.requests == 0
+
+
+def test_llm_judge_written_judgments_are_cached(tmp_path, monkeypatch):
+    import w2s.evaluation.judges.llm as llm
+    from w2s.evaluation.judges import conversation
+
+    judge = build_judge("llm:tiny:llama-1x32", device="cpu", cache=tmp_path / "c")
+    talk = [*conversation("Judge.", "Q: hi A: hello"), {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "And again?"}]
+    text, cached = judge.reply(talk, template="t@1", max_tokens=4)
+    (written,) = judge.write_judgments([("Judge.", "Q: hi A: hello")], template="t@1",
+                                       max_tokens=4)
+    assert not cached and not written["cached"] and judge.requests == 2
+    monkeypatch.setattr(llm, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert judge.reply(talk, template="t@1", max_tokens=4) == (text, True)
+    assert judge.write_judgments([("Judge.", "Q: hi A: hello")], template="t@1",
+                                 max_tokens=4) == [{**written, "cached": True}]
+    assert judge.requests == 2
+    ident = judge.writer_identity()
+    assert ident["kind"] == "llm" and ident["decoding"] == "greedy"
+    assert ident["cache"] == str(judge.writing_cache.path)
+    assert ident["cache"].startswith(str(tmp_path / "c"))
+
+
 def test_rate_limiter_spaces_requests():
     limiter = RateLimiter(50.0)
     start = time.monotonic()

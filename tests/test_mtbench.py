@@ -347,7 +347,7 @@ def test_llm_judge_writes_judgments_greedily(files, tmp_path, capsys):
     from w2s.models import format_chat
     from w2s.models.generate import SamplingConfig, generate
 
-    judge = build_judge("llm:tiny:llama-1x32", device="cpu", batch_size=2)
+    judge = build_judge("llm:tiny:llama-1x32", device="cpu", batch_size=2, cache=tmp_path / "c")
     assert format_chat(judge.tokenizer, "U", system="S") == "<|system|>S</s><|user|>U</s><|assistant|>"
     prompts = [("Rate it.", "Q: hi A: hello"), ("Rate it.", "Q: 1+1 A: 2"), ("Judge.", "Q: x")]
     out = judge.write_judgments(prompts, template="t@0", max_tokens=8)
@@ -356,7 +356,9 @@ def test_llm_judge_writes_judgments_greedily(files, tmp_path, capsys):
         (direct,) = generate(judge.model, judge.tokenizer, [user],
                              SamplingConfig(max_new_tokens=8, temperature=0.0), system=system)
         assert o["text"] == direct
-    assert judge.write_judgments(prompts, template="t@0", max_tokens=8) == out
+    again = judge.write_judgments(prompts, template="t@0", max_tokens=8)  # from the cache
+    assert [a["text"] for a in again] == [o["text"] for o in out]
+    assert all(a["cached"] for a in again) and judge.requests == 3
     # MT-Bench's prompts are longer than the tiny model's 512 positions: one line, exit 2
     code, _, err = run_cli(mtbench_args(files, "llm:tiny:llama-1x32", tmp_path / "r",
                                         "--device", "cpu"), capsys)

@@ -95,11 +95,10 @@ def _templated(tokenizer, chat: bool) -> bool:
     return bool(chat and getattr(tokenizer, "chat_template", None))
 
 
-def _format(tokenizer, prompts: Sequence[str], chat: bool, system: str | None = None
-            ) -> list[str]:
-    if _templated(tokenizer, chat):
-        return [format_chat(tokenizer, p, system=system) for p in prompts]
-    return [f"{system.rstrip()}\n\n{p}" if system else p for p in prompts]
+def _format(tokenizer, prompts: Sequence[str | Sequence[dict]], chat: bool,
+            system: str | None = None) -> list[str]:
+    templated = _templated(tokenizer, chat)
+    return [format_chat(tokenizer, p, system=system, template=templated) for p in prompts]
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -227,16 +226,18 @@ def _vllm_generate(model_name: str, tokenizer, texts: list[str], cfg: SamplingCo
     return [o.outputs[0].text for o in results]
 
 
-def generate(model, tokenizer, prompts: Sequence[str], sampling: SamplingConfig | None = None,
-             *, chat: bool = True, backend: str = "hf", model_name: str | None = None,
+def generate(model, tokenizer, prompts: Sequence[str | Sequence[dict]],
+             sampling: SamplingConfig | None = None, *, chat: bool = True,
+             backend: str = "hf", model_name: str | None = None,
              adapter: VLLMAdapter | None = None, progress: bool | None = None,
              system: str | None = None, bos: bool = True) -> list[str]:
     """Generate one response per prompt, in the prompts' order.
 
     Args:
         model, tokenizer: a causal LM and its tokenizer (from :func:`w2s.models.load_causal_lm`).
-        prompts: raw user prompts; wrapped in the chat template when ``chat`` and the tokenizer
-            has one.
+        prompts: raw user prompts, or whole conversations (``{"role", "content"}`` messages
+            ending with the turn to answer); wrapped in the chat template when ``chat`` and the
+            tokenizer has one (:func:`w2s.models.format_chat`).
         sampling: :class:`SamplingConfig` (defaults: temperature 1, top-k off, top-p off).
         backend: ``hf`` or ``vllm`` (needs ``model_name``, a path or hub id vLLM can load).
         adapter: vllm only: generate through this LoRA adapter on ``model_name`` (the hf

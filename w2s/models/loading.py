@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -273,17 +274,24 @@ def load_classifier(name: str | ResolvedModel, *, num_labels: int = 2,
 # chat formatting and counting
 
 
-def format_chat(tokenizer, prompt: str, response: str | None = None, *,
-                system: str | None = None) -> str:
+def format_chat(tokenizer, prompt: str | Sequence[Mapping[str, str]],
+                response: str | None = None, *, system: str | None = None,
+                template: bool = True) -> str:
     """The text a model sees for ``prompt`` (and optionally its ``response``).
 
     With a chat template: the template applied to ONE user turn with the generation prompt
     (``<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n``), then ``response`` appended
-    verbatim. Without one (base models such as GPT-2): ``prompt + response``, no separator added.
+    verbatim. Without one (base models such as GPT-2), or with ``template=False``:
+    ``prompt + response``, no separator added.
 
     ``system``: a system message before the user turn (a judge's instructions). A template
     that refuses the system role (Gemma's) gets it at the head of the user turn instead, two
     newlines before the prompt, as does plain text.
+
+    ``prompt`` may also be a whole conversation, ``{"role", "content"}`` messages (system,
+    user, assistant, ..., ending with the turn to answer), rendered the same way: the template
+    over all of it with the generation prompt (a refused system turn folded into the first
+    user turn), or plain text with the turns two newlines apart.
 
     Either way ``format_chat(tok, p)`` is an exact string prefix of ``format_chat(tok, p, r)``, so
     the response tokens can be masked by position. The template does not close the assistant
@@ -291,21 +299,31 @@ def format_chat(tokenizer, prompt: str, response: str | None = None, *,
     stop. Templates write their own BOS where the model wants one, so encode templated text with
     ``add_special_tokens=False``; plain text with the default ``add_special_tokens=True``.
     """
-    folded = f"{system.rstrip()}\n\n{prompt}" if system else prompt
-    text = folded
-    if getattr(tokenizer, "chat_template", None):
-        text = None
-        if system:
-            try:
-                text = tokenizer.apply_chat_template(
-                    [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-                    tokenize=False, add_generation_prompt=True)
-            except Exception:  # noqa: BLE001 - jinja's TemplateError: no system role here
-                text = None
-        if text is None:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": folded}],
-                                                 tokenize=False, add_generation_prompt=True)
+    turns = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+             else [{"role": m["role"], "content": m["content"]} for m in prompt])
+    messages = ([{"role": "system", "content": system}] if system else []) + turns
+    if template and getattr(tokenizer, "chat_template", None):
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - jinja's TemplateError: no system role here
+            if _fold_system(messages) is messages:
+                raise
+            text = tokenizer.apply_chat_template(_fold_system(messages), tokenize=False,
+                                                 add_generation_prompt=True)
+    else:
+        text = "\n\n".join(m["content"] for m in _fold_system(messages))
     return text + (response or "")
+
+
+def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A leading system message moved to the head of the next turn, two newlines before it
+    (``messages`` itself when there is none to fold)."""
+    if len(messages) < 2 or messages[0]["role"] != "system":
+        return messages
+    head, first, *rest = messages
+    return [{"role": first["role"], "content": f"{head['content'].rstrip()}\n\n"
+             f"{first['content']}"}, *rest]
 
 
 def param_count(model: torch.nn.Module, trainable: bool = False) -> int:

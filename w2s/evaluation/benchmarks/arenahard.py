@@ -34,7 +34,12 @@ Two settings, each its code path exactly (the scoring is in :mod:`.arenahard_sco
     markdown DENSITY (count / (tokens + 1)) differences / (sum + 1), standardised (sample std),
     an unpenalised BT fit per bootstrap round; score the median round, interval 5 / 95.
 
-Only generative judges (``api:``, ``llm:``) can be used: the benchmark parses the judge's text.
+Only generative judges (``api:``, ``llm:``, built by
+:func:`w2s.evaluation.judges.generate.build_generative_judge`) can be used: the benchmark
+parses the judge's text. Each game is one conversation sent with the judge's
+:meth:`~w2s.evaluation.judges.JudgmentWriter.reply` (temperature 0 / greedy, the setting's
+token budget), cached under the judge's identity and a template name carrying the hash of
+Arena-Hard's prompts, so a rerun asks nothing.
 
 Their leaderboards fit every model's battles together. Without style control that changes
 nothing for one model (every battle involves the baseline, so each model's fit is its own); with
@@ -295,22 +300,23 @@ def _inputs(answers: Path, baseline: Path, questions: Path | None, setting: str,
             "questions": qs, "ids": ids, "missing": missing, "categories": cats}
 
 
-def _judge_question(judge, setting: str, question: dict, model_ans: str,
+def _judge_question(ask, setting: str, question: dict, model_ans: str,
                     base_ans: str) -> list[dict[str, Any]]:
-    """The two games of one question: game 1 baseline as A, game 2 the model as A."""
+    """The two games of one question: game 1 baseline as A, game 2 the model as A. ``ask``:
+    a conversation -> (reply, cached)."""
     system = system_prompt(setting, question["category"])
     games = []
     for game, (a, b) in enumerate(((base_ans, model_ans), (model_ans, base_ans)), 1):
         messages = [{"role": "system", "content": system},
                     {"role": "user", "content": judge_prompt(question["prompt"], a, b)}]
-        reply, cached = judge.reply(messages)
+        reply, cached = ask(messages)
         # v0.1 accumulates its attempts as "\n" + reply (+ "\n" + the second)
         text, replies = ("\n" + reply if setting == "v0.1" else reply), 1
         label, again = parse_verdict(text, setting)
         if again:  # v0.1: one more attempt in the same conversation
             messages += [{"role": "assistant", "content": reply},
                          {"role": "user", "content": FOLLOW_UP}]
-            more, cached2 = judge.reply(messages)
+            more, cached2 = ask(messages)
             text, replies, cached = text + "\n" + more, 2, cached and cached2
             label, _ = parse_verdict(text, setting)
         games.append({"game": game, "judgment": text, "verdict": label, "replies": replies,
@@ -354,26 +360,33 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
     count = token_counter(setting)
     metas = {side: {k: style_metadata(data[side][k]["answer"], data[side][k]["metadata"], count)
                     for k in data["ids"]} for side in ("answers", "baseline")}
-    built = build_generative_judge(judge, what="Arena-Hard", cache=cache,
-                                   max_tokens=max_tokens or MAX_TOKENS[setting],
-                                   temperature=0.0, **judge_options)
+    built = build_generative_judge(judge, what="Arena-Hard", cache=cache, **judge_options)
+    budget = int(max_tokens or MAX_TOKENS[setting])
     prompts = {"system": OG_ARENA_HARD_PROMPT, "creative_writing": CREATIVE_WRITING_PROMPT,
                "template": PROMPT_TEMPLATE, "follow_up": FOLLOW_UP, "patterns": PATTERNS[setting]}
+    template = f"arena-hard-{setting}@{content_hash(prompts, 8)}"
+
+    def identity() -> dict[str, Any]:  # who judged (served_model is known once it has answered)
+        return {**built.writer_identity(), "template": template, "max_tokens": budget}
+
+    def ask(messages: list[dict[str, str]]) -> tuple[str, bool]:
+        return built.reply(messages, template=template, max_tokens=budget)
+
     config = {"answers": str(answers), "baseline": str(baseline), "judge": judge,
               "questions": str(questions) if questions else None, "setting": setting,
               "category": category, "n_boot": n_boot, "seed": seed, "weight": weight,
-              "max_tokens": built.max_tokens, "workers": workers,
+              "max_tokens": budget, "workers": workers,
               "judge_options": {k: v for k, v in judge_options.items() if v is not None},
               "cache": str(cache) if not isinstance(cache, bool) else cache}
     hashes = {"answers": file_hash(answers), "baseline": file_hash(baseline)}
     if questions:
         hashes["questions"] = file_hash(questions)
-    env = {"judge": built.identity(), "template_hash": content_hash(prompts, 16),
+    env = {"judge": identity(), "template_hash": content_hash(prompts, 16),
            "data_hashes": hashes}
     with Run.start("arenahard", config, run_dir=run_dir, headline=("score",),
                    env_extra=env) as run:
         def one(qid: str) -> list[dict]:
-            return _judge_question(built, setting, data["questions"][qid],
+            return _judge_question(ask, setting, data["questions"][qid],
                                    data["answers"][qid]["answer"], data["baseline"][qid]["answer"])
 
         if workers > 1 and len(data["ids"]) > 1:
@@ -425,7 +438,7 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
                    "category": category if category is not None else
                    (data["categories"][0] if len(data["categories"]) == 1 else None),
                    "model": data["model"], "baseline_model": data["baseline_model"],
-                   "judge": built.identity(), "judge_requests": built.requests,
+                   "judge": identity(), "judge_requests": built.requests,
                    "cached": n_cached, "n_boot": n_boot, "seed": seed, "weight": weight}
         full = run.finish(metrics)
     return full, run.path

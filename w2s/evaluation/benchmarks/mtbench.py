@@ -438,10 +438,11 @@ def grade(prompts: list[JudgePrompt], judge, *, max_tokens: int = JUDGE_MAX_TOKE
 
 def _writer(judge: Any, **options: Any):
     from w2s.evaluation.judges import build_judge, parse_judge, writes_judgments
+    from w2s.evaluation.judges.generate import GENERATIVE_KINDS
 
     if isinstance(judge, str):
         kind = parse_judge(judge)[0]
-        if kind not in ("api", "llm"):
+        if kind not in GENERATIVE_KINDS:
             raise W2SError(f"MT-Bench needs a judge that writes judgments, api:URL#MODEL or "
                            f"llm:MODEL, not '{judge}' (a {kind} judge only scores)")
     built = build_judge(judge, **options)

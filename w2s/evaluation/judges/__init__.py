@@ -12,9 +12,12 @@ judge                         kind       what decides
 ``api:URL[#MODEL]``           pairwise   an OpenAI-compatible chat-completions server
 ============================  =========  ===================================================
 
-``llm:`` and ``api:`` judges also WRITE judgments for a (system, user) prompt
-(:class:`JudgmentWriter`, greedy / temperature 0): what MT-Bench's single-answer grading reads
-(:mod:`w2s.evaluation.benchmarks.mtbench`).
+``llm:`` and ``api:`` judges are also the generative judges: they WRITE judgments
+(:class:`JudgmentWriter`, greedy / temperature 0, cached): ``reply`` for a whole conversation
+(Arena-Hard, :mod:`w2s.evaluation.benchmarks.arenahard`, through the thin
+:mod:`.generate`), ``write_judgments`` for a batch of (system, user) prompts (MT-Bench's
+single-answer grading, :mod:`w2s.evaluation.benchmarks.mtbench`). One judge object does all
+of it, through one client (api) or one loaded model (llm), with one cache folder.
 
 MODEL is anything :func:`w2s.models.resolve_model` takes (alias, local path, hub id,
 ``offline:...``, ``tiny:...``). :func:`parse_judge` splits a string into ``(kind, fields)``;
@@ -36,6 +39,7 @@ from w2s.evaluation.judges.base import (
     JudgmentWriter,
     PairwiseJudge,
     RewardJudge,
+    conversation,
     pairwise_prompt,
     parse_verdict,
     writes_judgments,
@@ -90,14 +94,17 @@ def parse_judge(spec: str) -> tuple[str, dict[str, str | None]]:
 API_OPTIONS = ("cache", "timeout", "max_retries", "backoff", "rate_limit", "workers",
                "max_tokens")
 MODEL_OPTIONS = ("batch_size", "device", "dtype")
+LLM_OPTIONS = (*MODEL_OPTIONS, "cache")
 
 
 def build_judge(spec: str | Judge, **options: Any) -> Judge:
     """Make the judge a string names (a Judge passes through unchanged).
 
     options (each used by the judges it concerns, ignored by the others): ``batch_size``,
-    ``device``, ``dtype`` (model judges); ``cache`` (True / False / a folder), ``timeout``,
-    ``max_retries``, ``backoff``, ``rate_limit``, ``workers``, ``max_tokens`` (api); ``reads``
+    ``device``, ``dtype`` (model judges); ``cache`` (True / False / a folder: api judgments,
+    llm written judgments); ``timeout``, ``max_retries``, ``backoff``, ``rate_limit``,
+    ``workers``, ``max_tokens`` (api; ``max_tokens`` is the pairwise reply's budget, a written
+    judgment's is given per call); ``reads``
     (``response`` or ``prompt+response``: what ``cls:``, ``vader`` and ``reward:`` score).
     """
     if isinstance(spec, Judge):
@@ -125,11 +132,11 @@ def _build(spec: str, **options: Any) -> Judge:
     if kind == "llm":
         from w2s.evaluation.judges.llm import LocalLMJudge
 
-        return LocalLMJudge(spec, fields["model"], **pick(MODEL_OPTIONS))
+        return LocalLMJudge(spec, fields["model"], **pick(LLM_OPTIONS))
     return ApiJudge(spec, fields["url"], fields["model"], **pick(API_OPTIONS))
 
 
 __all__ = ["Judge", "RewardJudge", "PairwiseJudge", "JudgmentCache", "JudgmentWriter",
-           "writes_judgments", "parse_judge", "build_judge",
+           "writes_judgments", "conversation", "parse_judge", "build_judge",
            "register_reward", "REWARDS", "JUDGE_FORMS", "PAIRWISE_TEMPLATE",
            "PAIRWISE_TEMPLATE_VERSION", "pairwise_prompt", "parse_verdict"]

@@ -1,28 +1,33 @@
-"""``api:URL[#MODEL]``: an OpenAI-compatible chat-completions server as a pairwise judge.
+"""``api:URL[#MODEL]``: an OpenAI-compatible chat-completions server as a judge: pairwise, and
+writing judgments.
 
 Works with anything that speaks ``POST /v1/chat/completions`` (vLLM, llama.cpp's server, Ollama,
-hosted APIs), through the shared client :class:`w2s.api.ApiClient`.
+hosted APIs), through the shared client :class:`w2s.api.ApiClient`. Every request, pairwise or
+written, is one call of :meth:`ApiJudge.chat` (a conversation in, the reply text out) through
+that one client, so ``requests`` counts them all.
 
 - URL: ``http://host:8000`` or ``.../v1`` or the full ``.../v1/chat/completions``. MODEL after
   ``#`` (else ``$W2S_JUDGE_MODEL``, else the first model the server lists at ``/v1/models``;
   pass it to pin the model, since it is part of the cache key as given).
 - Key: ``$W2S_JUDGE_API_KEY``, else ``$W2S_API_KEY``, else ``$OPENAI_API_KEY``, sent as
   ``Authorization: Bearer``; none for local servers that need none. The key is never recorded.
-- Requests: temperature 0, a few tokens, the pairwise prompt of :mod:`.base`; the reply is parsed
-  by :func:`~w2s.evaluation.judges.base.parse_verdict` (an unparsable reply counts as no
-  preference for that order and is flagged ``unparsed``).
+- Pairwise (``compare``): temperature 0, a few tokens, the pairwise prompt of :mod:`.base`; the
+  reply is parsed by :func:`~w2s.evaluation.judges.base.parse_verdict` (an unparsable reply
+  counts as no preference for that order and is flagged ``unparsed``).
+- Written judgments (:class:`~.base.JudgmentWriter`: ``reply`` for a whole conversation,
+  Arena-Hard; ``write_judgments`` for a batch of (system, user) prompts, MT-Bench):
+  temperature 0, the caller's token budget (MT-Bench: FastChat's 2048); the reply text is the
+  judgment. A batch is asked on ``workers`` threads.
 - Robustness: a timeout per request; retries with exponential backoff (``backoff * 2**attempt``
   seconds, or the server's ``Retry-After``) on timeouts, connection errors, 408/409/429/5xx; an
   optional rate limit (requests per second, across worker threads); other HTTP errors (401, 403,
   404, 400) fail at once. When the server keeps refusing, the run stops with ONE line naming the
   server and the status, and the judgment cache keeps everything judged so far.
-- Cache: every judgment goes to a :class:`~.base.JudgmentCache` as it arrives, so a rerun (or a
-  resumed run) asks the server only for what it has not judged: a complete rerun makes no
-  requests at all.
-- Written judgments (:class:`~.base.JudgmentWriter`, MT-Bench): a (system, user) prompt, temperature
-  0, up to 2048 tokens (FastChat's llm_judge settings); the reply text is the judgment. They
-  have a cache file of their own (their identity has no pairwise template), keyed by the
-  template's name and hash and the whole prompt.
+- Cache: every verdict and every written judgment goes to a :class:`~.base.JudgmentCache` as it
+  arrives, so a rerun (or a resumed run) asks the server only for what it has not judged: a
+  complete rerun makes no requests at all. Both live in one folder, a file each (the pairwise
+  file's identity carries the pairwise template and token budget; a written judgment's key
+  carries its template, conversation and budget).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -40,7 +46,9 @@ from w2s.evaluation.judges.base import (
     PAIRWISE_TEMPLATE_VERSION,
     JudgmentCache,
     JudgmentWriter,
+    Messages,
     PairwiseJudge,
+    conversation,
     pairwise_prompt,
     parse_verdict,
 )
@@ -61,8 +69,10 @@ def chat_url(url: str) -> str:
 
 
 class ApiJudge(PairwiseJudge, JudgmentWriter):
-    """A pairwise judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint; it also
-    writes judgments (:meth:`write_judgments`)."""
+    """A judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint: pairwise
+    (:meth:`compare`) and writing (:meth:`reply`, :meth:`write_judgments`), one client, one
+    cache folder. ``max_tokens`` is the pairwise reply's budget; a written judgment's is the
+    caller's."""
 
     def __init__(self, spec: str, url: str, model: str | None = None, *,
                  cache: bool | str | os.PathLike = True, timeout: float = 60.0,
@@ -119,14 +129,14 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
 
     def ask(self, instruction: str, first: str, second: str) -> str:
         """The server's reply text to the pairwise prompt (first shown as Output 1)."""
-        return self.chat(PAIRWISE_SYSTEM, pairwise_prompt(instruction, first, second),
+        return self.chat(conversation(PAIRWISE_SYSTEM, pairwise_prompt(instruction, first, second)),
                          self.max_tokens)
 
-    def chat(self, system: str, user: str, max_tokens: int) -> str:
-        """The server's reply to one system + user turn, temperature 0."""
+    def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> str:
+        """The server's reply to a conversation, temperature 0: the one request every judgment
+        (pairwise or written) is made of."""
         payload = {"model": self._model_for_requests(),
-                   "messages": [{"role": "system", "content": system},
-                                {"role": "user", "content": user}],
+                   "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
                    "temperature": 0, "max_tokens": int(max_tokens)}
         data = self.client.request(self.url, payload)
         try:
@@ -137,18 +147,9 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
         return content or ""
 
     # -- judging -------------------------------------------------------------------------------
-    def _judge_one(self, item: tuple[str, str, str], key: str | None) -> dict[str, Any]:
-        raw = self.ask(*item)
-        parsed = parse_verdict(raw)
-        record = {"verdict": parsed if parsed is not None else 1.5, "raw": raw,
-                  "unparsed": parsed is None}
-        if self.cache is not None and key is not None:
-            self.cache.put(key, record)
-        return {**record, "cached": False}
-
     def compare(self, items: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
         results: list[dict | None] = [None] * len(items)
-        todo = []
+        jobs = []
         for i, item in enumerate(items):
             key = self.cache.key(*item) if self.cache is not None else None
             hit = self.cache.get(key) if key is not None else None
@@ -156,51 +157,41 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
                 results[i] = {"verdict": hit["verdict"], "raw": hit.get("raw"),
                               "unparsed": bool(hit.get("unparsed")), "cached": True}
             else:
-                todo.append((i, item, key))
-        self._run(todo, self._judge_one, results, self.cache)
+                jobs.append(lambda i=i, item=item, key=key: self._judge_one(i, item, key, results))
+        self._run(jobs, self.cache)
         return results  # type: ignore[return-value]
 
-    def write_judgments(self, prompts: list[tuple[str, str]], *, template: str,
-                        max_tokens: int = 2048) -> list[dict[str, Any]]:
-        cache = self.writing_cache
-        results: list[dict | None] = [None] * len(prompts)
-        todo = []
-        for i, (system, user) in enumerate(prompts):
-            key = (cache.prompt_key(template, system, user, max_tokens)
-                   if cache is not None else None)
-            hit = cache.get(key) if key is not None else None
-            if hit is not None:
-                results[i] = {"text": hit["text"], "template": template, "cached": True}
-            else:
-                todo.append((i, (system, user), key))
+    def _judge_one(self, i: int, item: tuple[str, str, str], key: str | None,
+                   results: list) -> None:
+        raw = self.ask(*item)
+        parsed = parse_verdict(raw)
+        record = {"verdict": parsed if parsed is not None else 1.5, "raw": raw,
+                  "unparsed": parsed is None}
+        if self.cache is not None and key is not None:
+            self.cache.put(key, record)
+        results[i] = {**record, "cached": False}
 
-        def write_one(prompt: tuple[str, str], key: str | None) -> dict[str, Any]:
-            record = {"text": self.chat(*prompt, max_tokens), "template": template}
-            if cache is not None and key is not None:
-                cache.put(key, record)
-            return {**record, "cached": False}
+    def _write(self, conversations: list[Messages], max_tokens: int,
+               keep: Callable[[int, str], None]) -> None:
+        self._run([lambda j=j, m=m: keep(j, self.chat(m, max_tokens))
+                   for j, m in enumerate(conversations)], self.writing_cache)
 
-        self._run(todo, write_one, results, cache)
-        return results  # type: ignore[return-value]
-
-    def _run(self, todo: list[tuple[int, Any, str | None]], work, results: list,
-             cache: JudgmentCache | None) -> None:
-        """``results[i] = work(item, key)`` for each ``(i, item, key)``, on ``workers``
-        threads; the first failure stops the rest and says what the cache keeps."""
+    def _run(self, jobs: list[Callable[[], None]], cache: JudgmentCache | None) -> None:
+        """Every job, on ``workers`` threads; the first failure stops the rest and says what
+        the cache keeps."""
         try:
-            if self.workers == 1 or len(todo) <= 1:
-                for i, item, key in todo:
-                    results[i] = work(item, key)
+            if self.workers == 1 or len(jobs) <= 1:
+                for job in jobs:
+                    job()
             else:
                 with ThreadPoolExecutor(self.workers) as pool:
-                    futures = {pool.submit(work, item, key): i for i, item, key in todo}
+                    futures = [pool.submit(job) for job in jobs]
                     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
                     for f in pending:
                         f.cancel()
                     for f in done:
                         if f.exception() is not None:
                             raise f.exception()
-                        results[futures[f]] = f.result()
         except W2SError as e:
             kept = (f"; {len(cache)} judgments kept in {cache.path}, rerun to continue"
                     if cache is not None and len(cache) else "")

@@ -8,9 +8,16 @@ Two kinds of judge:
   (``compare``: 1 = first shown, 2 = second shown, 1.5 = no preference). The win-rate layer
   shows every pair in both orders (see :func:`w2s.evaluation.winrate.preference_from_verdicts`).
 
+Judges that can also WRITE (``api:``, ``llm:``) are :class:`JudgmentWriter` s: given a whole
+conversation they return the text they generate (greedy / temperature 0), for benchmarks that
+parse a verdict or rating out of it (MT-Bench's ``[[rating]]``, Arena-Hard's ``[[A>B]]``).
+The mixin holds the one written-judgment path (cache lookup, generate what is missing, cache
+each text as it arrives); a judge supplies only how it generates (:meth:`JudgmentWriter._write`).
+
 Every judge has an :meth:`~Judge.identity`: what it is and which version, written to the run's
 env.json and metrics so a win rate always says who judged it (AlpacaEval results moved between
-judge versions; alpaca_eval #325/#382).
+judge versions; alpaca_eval #325/#382); a writer's :meth:`~JudgmentWriter.writer_identity` says
+who wrote its judgments.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,19 +140,82 @@ class PairwiseJudge(Judge):
         raise NotImplementedError
 
 
-class JudgmentWriter:
-    """A judge that can also WRITE a judgment: given a (system, user) prompt it returns the text
-    it generates (greedy / temperature 0), for benchmarks that parse a rating out of it
-    (MT-Bench's ``[[rating]]``). ``api:`` and ``llm:`` judges provide it.
+Messages = list[dict[str, str]]
+"""A conversation: ``{"role", "content"}`` dicts (system, user, assistant, ..., ending with the
+turn the judge answers), as chat-completions servers and chat templates take it."""
 
-    ``template`` names the prompt template the prompts were made from (its name and a hash of
-    its text, e.g. ``"single-v1@1a2b3c4d"``): it is part of every cached judgment's key and
+
+def conversation(system: str, user: str) -> Messages:
+    """The two-turn conversation of one (system, user) prompt."""
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+class JudgmentWriter:
+    """A judge that can also WRITE a judgment: given a conversation it returns the text it
+    generates (greedy / temperature 0), for benchmarks that parse a verdict out of it.
+    ``api:`` and ``llm:`` judges provide it.
+
+    - :meth:`reply`: one whole conversation (Arena-Hard v0.1 asks again in a follow-up turn);
+    - :meth:`write_judgments`: a batch of (system, user) prompts (MT-Bench), the same thing.
+
+    Both go through one path: every text is looked up in, and written to, the judge's
+    ``writing_cache`` (a :class:`JudgmentCache` keyed by :meth:`JudgmentCache.written_key`, or
+    None), so a rerun generates nothing; what is missing goes to :meth:`_write`, the one method
+    a judge implements. ``requests`` counts what the judge actually generated or asked for.
+
+    ``template`` names the prompt template the conversation was made from (its name and a hash
+    of its text, e.g. ``"single-v1@1a2b3c4d"``): it is part of every cached judgment's key and
     record, so a changed template is judged anew."""
+
+    writing_cache: JudgmentCache | None = None
+
+    def reply(self, messages: Sequence[Mapping[str, str]], *, template: str,
+              max_tokens: int = 2048) -> tuple[str, bool]:
+        """The judge's reply to ``messages`` (at most ``max_tokens`` tokens) and whether it
+        came from the cache."""
+        (out,) = self._written([messages], template, max_tokens)
+        return out["text"], out["cached"]
 
     def write_judgments(self, prompts: list[tuple[str, str]], *, template: str,
                         max_tokens: int = 2048) -> list[dict[str, Any]]:
         """For each ``(system, user)``: ``{"text": the judgment, "template": template,
         "cached": bool}``, at most ``max_tokens`` generated tokens each."""
+        return self._written([conversation(s, u) for s, u in prompts], template, max_tokens)
+
+    def writer_identity(self) -> dict[str, Any]:
+        """Who wrote the judgments: the judge string, its kind (``api`` / ``llm``), the model
+        or server, the decoding, and the cache file."""
+        raise NotImplementedError
+
+    def _written(self, conversations: Sequence[Sequence[Mapping[str, str]]], template: str,
+                 max_tokens: int) -> list[dict[str, Any]]:
+        cache = self.writing_cache
+        convs = [[{"role": m["role"], "content": m["content"]} for m in c] for c in conversations]
+        results: list[dict | None] = [None] * len(convs)
+        todo: list[tuple[int, str | None]] = []
+        for i, messages in enumerate(convs):
+            key = cache.written_key(template, messages, max_tokens) if cache is not None else None
+            hit = cache.get(key) if key is not None else None
+            if hit is not None:
+                results[i] = {"text": hit["text"], "template": template, "cached": True}
+            else:
+                todo.append((i, key))
+
+        def keep(j: int, text: str) -> None:
+            i, key = todo[j]
+            record = {"text": text, "template": template}
+            if key is not None:
+                cache.put(key, record)
+            results[i] = {**record, "cached": False}
+
+        if todo:
+            self._write([convs[i] for i, _ in todo], int(max_tokens), keep)
+        return results  # type: ignore[return-value]
+
+    def _write(self, conversations: list[Messages], max_tokens: int,
+               keep: Callable[[int, str], None]) -> None:
+        """Generate the reply to every conversation, calling ``keep(j, text)`` for the j-th as
+        soon as it is written (so a failure later keeps it in the cache)."""
         raise NotImplementedError
 
 
@@ -162,8 +233,8 @@ class JudgmentCache:
 
     The key of a judgment hashes (judge identity, prompt-template version, instruction, the output
     shown first, the output shown second), so the order is part of it and changing any of them
-    asks the judge again; a written judgment's key (:meth:`prompt_key`) hashes the identity, the
-    template, the whole (system, user) prompt and the token budget. Lines are appended (and
+    asks the judge again; a written judgment's key (:meth:`written_key`) hashes the identity, the
+    template, the whole conversation and the token budget. Lines are appended (and
     flushed) as judgments arrive, under a lock, so a run stopped by a server error or killed
     keeps everything judged so far; a line torn by a kill is ignored on reading and simply
     judged again.
@@ -182,11 +253,13 @@ class JudgmentCache:
         return content_hash({"judge": self.identity, "template": PAIRWISE_TEMPLATE_VERSION,
                              "instruction": instruction, "first": first, "second": second}, 32)
 
-    def prompt_key(self, template: str, system: str, user: str, max_tokens: int) -> str:
+    def written_key(self, template: str, messages: Sequence[Mapping[str, str]],
+                    max_tokens: int) -> str:
         """The key of a WRITTEN judgment (:class:`JudgmentWriter`): judge identity, template
-        name and hash, the whole prompt, and the token budget."""
-        return content_hash({"judge": self.identity, "template": template, "system": system,
-                             "user": user, "max_tokens": max_tokens}, 32)
+        name and hash, the whole conversation, and the token budget."""
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return content_hash({"judge": self.identity, "template": template, "messages": turns,
+                             "max_tokens": int(max_tokens)}, 32)
 
     def _load(self) -> dict[str, dict]:
         if self._entries is None:

@@ -10,13 +10,22 @@ answers ``"1"`` and ``"2"`` as responses with the shared log-prob helper
 (1.5 when exactly equal). Scoring the whole verdict string, not one next-token logit, works
 whatever the tokenizer does with "1" and "2". No sampling: the same model gives the same verdicts.
 
-Written judgments (:class:`~w2s.evaluation.judges.base.JudgmentWriter`, MT-Bench): the model
-GENERATES the judgment, greedily, with the shared generation helper
-(:func:`w2s.models.generate`), the system prompt as the chat template's system turn.
+Written judgments (:class:`~w2s.evaluation.judges.base.JudgmentWriter`: ``reply`` for a whole
+conversation, Arena-Hard; ``write_judgments`` for a batch of (system, user) prompts, MT-Bench):
+the model GENERATES the judgment, greedily, with the shared generation helper
+(:func:`w2s.models.generate`), the conversation rendered by the shared
+:func:`w2s.models.format_chat` (the chat template; one that refuses a system turn gets the
+system prompt at the head of the first user turn). A batch is generated in batches of
+``batch_size``; a conversation longer than the model's context is a one-line W2SError. Every
+written judgment goes to the judgment cache (``cache``: True, False or a folder) keyed by the
+model, the template, the conversation and the token budget, so a rerun generates nothing.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +34,9 @@ from w2s.errors import W2SError
 from w2s.evaluation.judges.base import (
     PAIRWISE_TEMPLATE_VERSION,
     VERDICT_TOKENS,
+    JudgmentCache,
     JudgmentWriter,
+    Messages,
     PairwiseJudge,
     pairwise_prompt,
 )
@@ -36,10 +47,10 @@ from w2s.models.generate import SamplingConfig, generate
 
 class LocalLMJudge(PairwiseJudge, JudgmentWriter):
     """A causal LM judging pairs by the log-probs of the verdicts "1" and "2"; it also writes
-    judgments, greedily (:meth:`write_judgments`)."""
+    judgments, greedily (:meth:`reply`, :meth:`write_judgments`), cached."""
 
     def __init__(self, spec: str, model: str, *, batch_size: int = 8, device: str = "auto",
-                 dtype: str = "auto", seed: int = 0):
+                 dtype: str = "auto", seed: int = 0, cache: bool | str | os.PathLike = True):
         super().__init__(spec)
         self.model_name = model
         self.batch_size = max(1, batch_size)
@@ -48,6 +59,11 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
         limits = [getattr(self.tokenizer, "model_max_length", None),
                   getattr(self.model.config, "max_position_embeddings", None)]
         self.max_tokens = min([v for v in limits if v and v < 1_000_000] or [1 << 30])
+        self.requests = 0  # judgments generated (cache misses)
+        self._generating = threading.Lock()  # one generation at a time (judging threads)
+        self.writing_cache = (JudgmentCache(self._writer_cache_identity(),
+                                            None if cache is True else cache)
+                              if cache else None)
 
     def identity(self) -> dict[str, Any]:
         from importlib import metadata
@@ -106,36 +122,42 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
         return out
 
     # -- written judgments ------------------------------------------------------------------
+    def _writer_cache_identity(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {"judge": "llm", "model": self.model_name,
+                "name_or_path": getattr(cfg, "_name_or_path", None) or None,
+                "writes": "judgments", "decoding": "greedy", "seed": self.seed}
+
     def writer_identity(self) -> dict[str, Any]:
-        """Who wrote the judgments: the model, its versions, greedy decoding."""
+        """Who wrote the judgments: the model, its versions, greedy decoding, the cache."""
         ident = {k: v for k, v in self.identity().items()
                  if k not in ("template", "verdict_tokens")}
-        return {**ident, "decoding": "greedy", "backend": "hf"}
+        return {**ident, **self._writer_cache_identity(), "judge": self.spec, "kind": "llm",
+                "backend": "hf",
+                "cache": (str(self.writing_cache.path) if self.writing_cache is not None
+                          else None)}
 
-    def write_judgments(self, prompts: list[tuple[str, str]], *, template: str,
-                        max_tokens: int = 2048) -> list[dict[str, Any]]:
-        texts: list[str | None] = [None] * len(prompts)
-        by_system: dict[str, list[int]] = {}
-        for i, (system, _) in enumerate(prompts):
-            by_system.setdefault(system, []).append(i)
-        templated = bool(getattr(self.tokenizer, "chat_template", None))
-        for system, rows in by_system.items():
-            users = [prompts[i][1] for i in rows]
-            longest = 0
-            for i, user in zip(rows, users, strict=True):
-                text = format_chat(self.tokenizer, user, system=system) if templated \
-                    else f"{system.rstrip()}\n\n{user}"
-                n = len(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
-                if n >= self.max_tokens:
-                    raise W2SError(f"judge prompt {i + 1} is {n} tokens, more than "
-                                   f"{self.model_name} takes ({self.max_tokens}); use a judge "
-                                   "with a longer context")
-                longest = max(longest, n)
-            budget = max(1, min(int(max_tokens), self.max_tokens - longest))
-            sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0,
-                                      batch_size=self.batch_size, seed=self.seed)
-            out = generate(self.model, self.tokenizer, users, sampling, chat=True,
-                           system=system, progress=False)
-            for i, text in zip(rows, out, strict=True):
-                texts[i] = text
-        return [{"text": t, "template": template, "cached": False} for t in texts]
+    def _write(self, conversations: list[Messages], max_tokens: int,
+               keep: Callable[[int, str], None]) -> None:
+        longest = 0
+        for j, messages in enumerate(conversations):
+            ids = self.tokenizer(format_chat(self.tokenizer, messages),
+                                 add_special_tokens=not self._templated)["input_ids"]
+            if len(ids) >= self.max_tokens:
+                raise W2SError(f"judge prompt {j + 1} is {len(ids)} tokens, more than "
+                               f"{self.model_name} takes ({self.max_tokens}); use a judge "
+                               "with a longer context")
+            longest = max(longest, len(ids))
+        budget = max(1, min(int(max_tokens), self.max_tokens - longest))
+        sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0,
+                                  batch_size=self.batch_size, seed=self.seed)
+        with self._generating:
+            texts = generate(self.model, self.tokenizer, conversations, sampling, chat=True,
+                             progress=False)
+            self.requests += len(texts)
+        for j, text in enumerate(texts):
+            keep(j, text)
+
+    @property
+    def _templated(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
