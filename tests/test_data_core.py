@@ -15,8 +15,8 @@ from w2s.data import (
     fingerprint,
     folds,
     halves,
-    pooled_split,
     load_task,
+    pooled_split,
     split_rows,
     tasks_table,
 )
