@@ -42,7 +42,7 @@ def test_alpacaeval_answers_keep_the_eval_sets_order(tmp_path, capsys):
 
 
 def test_mtbench_answers_two_turns_at_fastchats_temperatures(tmp_path, capsys):
-    from w2s.models import load_causal_lm
+    from w2s.models import format_chat, load_causal_lm
     from w2s.models.generate import SamplingConfig, generate
 
     questions = [{"question_id": 81, "category": "writing", "turns": ["Write a haiku.",
@@ -63,12 +63,12 @@ def test_mtbench_answers_two_turns_at_fastchats_temperatures(tmp_path, capsys):
     greedy = SamplingConfig(max_new_tokens=6, temperature=0.0)
     assert written[111]["turns"][0] == generate(model, tok, ["What is 2+2?"], greedy)[0].strip()
     # turn 2 is asked in the conversation that holds turn 1 and the model's own answer
-    convo = ans.render(tok, [{"role": "user", "content": "What is 2+2?"},
-                             {"role": "assistant", "content": written[111]["turns"][0]},
-                             {"role": "user", "content": "And times 3?"}])
-    assert written[111]["turns"][0] in convo and convo.count("And times 3?") == 1
-    assert written[111]["turns"][1] == generate(model, tok, [convo], greedy,
-                                                chat=False)[0].strip()
+    convo = [{"role": "user", "content": "What is 2+2?"},
+             {"role": "assistant", "content": written[111]["turns"][0]},
+             {"role": "user", "content": "And times 3?"}]
+    text = format_chat(tok, convo)
+    assert written[111]["turns"][0] in text and text.count("And times 3?") == 1
+    assert written[111]["turns"][1] == generate(model, tok, [convo], greedy)[0].strip()
 
 
 def test_arenahard_answers_in_its_v01_format(tmp_path, capsys):

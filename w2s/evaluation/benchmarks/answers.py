@@ -141,16 +141,6 @@ def temperature_for(benchmark: str, category: str | None, override: float | None
     return 0.0
 
 
-def render(tokenizer, messages: Sequence[dict[str, str]]) -> str:
-    """A conversation in the tokenizer's chat template, ready for the assistant's reply, as
-    text the shared :func:`w2s.models.generate` reads with ``chat=False`` (its BOS left to the
-    tokenizer, which adds it to plain text)."""
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                         add_generation_prompt=True)
-    bos = getattr(tokenizer, "bos_token", None)
-    return text[len(bos):] if bos and text.startswith(bos) else text
-
-
 def answer_prompts(model, tokenizer, prompts: list[dict], benchmark: str, *,
                    max_new_tokens: int, temperature: float | None = None, batch_size: int = 8,
                    seed: int = 0, backend: str = "hf", model_name: str | None = None,
@@ -169,17 +159,17 @@ def answer_prompts(model, tokenizer, prompts: list[dict], benchmark: str, *,
                 groups.setdefault(temperature_for(benchmark, p["category"], temperature),
                                   []).append(i)
         for temp, rows in groups.items():
-            texts = []
+            conversations = []
             for i in rows:
                 messages = []
                 for k, user in enumerate(prompts[i]["turns"][:turn + 1]):
                     messages.append({"role": "user", "content": user})
                     if k < turn:
                         messages.append({"role": "assistant", "content": answers[i][k]})
-                texts.append(render(tokenizer, messages))
+                conversations.append(messages)
             sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temp,
                                       batch_size=batch_size, seed=seed)
-            out = generate(model, tokenizer, texts, sampling, chat=False, backend=backend,
+            out = generate(model, tokenizer, conversations, sampling, backend=backend,
                            model_name=model_name, progress=progress)
             for i, text in zip(rows, out, strict=True):
                 answers[i].append(text.strip())
