@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from helpers import read_jsonl, run_cli
 
 from w2s.errors import W2SError
@@ -274,3 +275,151 @@ def test_bad_gamed_file_is_one_line(tmp_path, case):
         needle = "no df_gamed.csv there"
     with pytest.raises(W2SError, match=needle):
         alpacaeval_lc(prefs, model, base, positions, gamed=gamed)
+
+
+# ---- AlpacaEval 2's own annotator (weighted_alpaca_eval_gpt4_turbo) ----------------------------
+
+
+def test_the_annotator_prompt_order_and_parser_are_alpacaevals():
+    """The prompt, the seeded order and the log-prob parser against the package's own
+    make_prompts + prompt_to_chatml, random_seeded_choice and logprob_parser."""
+    _require_package()
+    import pandas as pd
+    from alpaca_eval import completion_parsers, utils
+
+    from w2s.evaluation.benchmarks import alpacaeval as ae
+
+    row = {"instruction": "Name {two} colours.", "output_1": "Red and blue.",
+           "output_2": "Green, {output_1} and gold."}
+    prompts, _ = utils.make_prompts(pd.DataFrame([row]), ae.ANNOTATOR_TEMPLATE)
+    assert ae.annotator_messages(**row) == utils.prompt_to_chatml(prompts[0])
+    for instruction in ("Write a poem.", "2+2?", "Tell me about the moon", "x" * 50):
+        assert ae.is_switched(instruction) == utils.random_seeded_choice(
+            seed="is_switched_outputs" + instruction + "123", choices=[False, True])
+    for top in ({"m": -0.2, "M": -1.8, "The": -5.0}, {"M": -0.01}, {"m": -3.0, "M": -3.0}):
+        completion = {"logprobs": {"content": [{"top_logprobs": [
+            {"token": t, "logprob": v} for t, v in top.items()]}]}}
+        (theirs,) = completion_parsers.logprob_parser(completion, numerator_token="m",
+                                                       denominator_tokens=["m", "M"],
+                                                       is_binarize=False)
+        assert ae.preference_from_logprobs(top) == pytest.approx(theirs)
+    assert math.isnan(ae.preference_from_logprobs({"The": -0.1}))
+
+
+def test_a_local_judge_as_alpacaevals_annotator(tmp_path, capsys):
+    """llm: reads the exact log-probs of m and M; the preference is recomputed here from a plain
+    forward pass of the same model, with AlpacaEval's swap undone."""
+    _require_package()
+    from w2s.cli import register_model_builders
+    from w2s.evaluation.benchmarks import alpacaeval as ae
+    from w2s.models import format_chat, load_causal_lm
+
+    register_model_builders()
+    # AlpacaEval's prompt is ~1,300 byte tokens: a tiny llama (rotary, no learned positions)
+    # saved with room for it
+    model, tok = load_causal_lm("tiny:llama-1x32", device="cpu")
+    model.config.max_position_embeddings = tok.model_max_length = 4096
+    judge_dir = tmp_path / "judge"
+    model.save_pretrained(judge_dir)
+    tok.save_pretrained(judge_dir)
+    n = 24
+    base = [{"instruction": f"Question {i}?", "output": "b" * (10 + i), "generator": "ref"}
+            for i in range(n)]
+    cand = [{"instruction": r["instruction"], "output": "m" * (5 + 2 * i), "generator": "me"}
+            for i, r in enumerate(base)]
+    (tmp_path / "ref.json").write_text(json.dumps(base))
+    (tmp_path / "cand.json").write_text(json.dumps(cand))
+    _write_gamed(tmp_path / "df_gamed.csv")
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["eval", "alpacaeval", "--candidate", str(tmp_path / "cand.json"),
+                            "--baseline", str(tmp_path / "ref.json"), "--judge",
+                            f"llm:{judge_dir}", "--alpacaeval-data", str(tmp_path),
+                            "--run-dir", str(run_dir), "--device", "cpu"], capsys)
+    assert code == 0, err
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rows = read_jsonl(run_dir / "judgments.jsonl")
+    assert m["annotator"] == ae.ANNOTATOR and len(rows) == n
+    assert {r["switched"] for r in rows} == {True, False}  # both orders occur over 24 prompts
+    for r in rows[:3]:
+        i = int(r["prompt"].split()[1].rstrip("?"))
+        first, second = ((cand[i]["output"], base[i]["output"]) if r["switched"]
+                         else (base[i]["output"], cand[i]["output"]))
+        prefix = format_chat(tok, ae.annotator_messages(r["prompt"], first, second))
+        lp = {}
+        for t in ("m", "M"):
+            ids = tok(prefix + t, add_special_tokens=False)["input_ids"]
+            n_prompt = len(tok(prefix, add_special_tokens=False)["input_ids"])
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            lp[t] = sum(logits[k - 1, ids[k]].item() for k in range(n_prompt, len(ids)))
+        p_m = math.exp(lp["m"]) / (math.exp(lp["m"]) + math.exp(lp["M"]))
+        shown = 2 - p_m
+        assert r["preference"] == pytest.approx(3 - shown if r["switched"] else shown, abs=1e-5)
+    assert m["lc_win_rate_minimal"] is None and "continuous" in m["lc_win_rate_minimal_reason"]
+    assert 0 <= m["lc_win_rate"] <= 100
+
+
+def test_a_reward_judge_cannot_be_the_annotator(tmp_path, capsys):
+    _require_package()
+    cand, ref = _files(tmp_path)
+    code, _, err = run_cli(["eval", "alpacaeval", "--candidate", str(cand), "--baseline",
+                            str(ref), "--judge", "reward:length", "--annotator", "alpacaeval",
+                            "--alpacaeval-data", str(tmp_path), "--run-dir",
+                            str(tmp_path / "run")], capsys)
+    assert code == 2 and "cannot be AlpacaEval's annotator" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_api_judge_as_alpacaevals_annotator_reads_top_logprobs(tmp_path, capsys):
+    """A server on 127.0.0.1 that answers AlpacaEval's request (max_tokens 1, logprobs, top 5)
+    with p(m) = 0.8 whatever it is shown: the preference is 2 - 0.8 = 1.2 in the shown order,
+    3 - 1.2 = 1.8 where AlpacaEval swapped the outputs; a rerun asks nothing."""
+    _require_package()
+    from http.server import BaseHTTPRequestHandler
+
+    from helpers import LocalServer
+
+    from w2s.evaluation.benchmarks import alpacaeval as ae
+
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(payload)
+            top = [{"token": "m", "logprob": math.log(0.8)},
+                   {"token": "M", "logprob": math.log(0.2)}]
+            body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant",
+                                                                      "content": "m"},
+                                            "logprobs": {"content": [{"token": "m",
+                                                                      "top_logprobs": top}]}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = LocalServer()
+    server.serve(Handler)
+    try:
+        cand, ref = _files(tmp_path)
+        args = ["eval", "alpacaeval", "--candidate", str(cand), "--baseline", str(ref),
+                "--judge", f"api:{server.url}#gpt-4-1106-preview", "--alpacaeval-data",
+                str(tmp_path)]
+        code, _, err = run_cli([*args, "--run-dir", str(tmp_path / "run")], capsys)
+        assert code == 0, err
+        assert len(asked) == N
+        assert all(a["max_tokens"] == 1 and a["logprobs"] is True and a["top_logprobs"] == 5
+                   for a in asked)
+        assert [m["role"] for m in asked[0]["messages"]] == ["system", "user"]
+        rows = read_jsonl(tmp_path / "run" / "judgments.jsonl")
+        for r in rows:
+            assert r["switched"] == ae.is_switched(r["prompt"])
+            assert r["preference"] == pytest.approx(1.8 if r["switched"] else 1.2)
+        code, _, err = run_cli([*args, "--run-dir", str(tmp_path / "again")], capsys)
+        assert code == 0 and len(asked) == N  # every log-prob came from the judgment cache
+    finally:
+        server.close()

@@ -63,6 +63,8 @@ def _answers_one(folder: Path) -> Path:
         model.lm_head.weight[one] = 50 * e0
         model.lm_head.weight[eos] = 50 * e1
     model.config.tie_word_embeddings = False
+    # room for AlpacaEval's ~1,300-token judge prompt (rotary positions: nothing to learn)
+    model.config.max_position_embeddings = tok.model_max_length = 4096
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -153,6 +155,25 @@ def test_api_search_base_on_a_real_server_that_ignores_n(served, tmp_path, capsy
     assert m["base"]["fallback_requests"] > 0
     assert m["base"]["requests"] > m["base"]["fallback_requests"]
     assert len(read_jsonl(run_dir / "generations-cbs.jsonl")) == 2
+
+
+def test_alpacaevals_annotator_needs_a_server_that_returns_logprobs(served, tmp_path, capsys):
+    """transformers serve ignores logprobs: AlpacaEval's annotator says so in one line."""
+    url, model, _ = served
+    rows = [{"instruction": f"Say {w}.", "output": w, "generator": g}
+            for g in ("ref", "me") for w in ("yes", "no")]
+    for name, part in (("ref", rows[:2]), ("cand", rows[2:])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+    (tmp_path / "df_gamed.csv").write_text(  # the columns AlpacaEval's file has
+        "index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline,model\n"
+        "0,0.4,0.5,0.1,False,g\n1,0.6,-0.5,-0.1,False,g\n")
+    code, _, err = run_cli(["eval", "alpacaeval", "--candidate", str(tmp_path / "cand.json"),
+                            "--baseline", str(tmp_path / "ref.json"), "--judge",
+                            f"api:{url}#{model}", "--annotator", "alpacaeval", "--no-cache",
+                            "--alpacaeval-data", str(tmp_path), "--run-dir",
+                            str(tmp_path / "run")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "without logprobs" in err and not (tmp_path / "run").exists()
 
 
 def test_an_unknown_model_is_refused_in_one_line(served, tmp_path, capsys):

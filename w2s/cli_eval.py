@@ -90,6 +90,11 @@ def eval_alpacaeval_cmd(
         None, "--alpacaeval-data", help="df_gamed.csv (or its folder), AlpacaEval's "
         "instruction difficulties and gamed baselines; default: the hub dataset "
         "tatsu-lab/alpaca_eval"),
+    annotator: str = typer.Option(
+        "auto", "--annotator", help="alpacaeval (AlpacaEval 2's weighted_alpaca_eval_gpt4_turbo:"
+        " its prompt, one seeded order, the log-probs of m / M; api: or llm: judges), pairwise "
+        "(the judge's own rule: both orders, or a reward's scores), auto (alpacaeval where the "
+        "judge can)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
                                            "(default runs/alpacaeval/<time>-<hash>)"),
     batch_size: int = typer.Option(8, "--batch-size", help="model judges: rows per forward pass"),
@@ -108,9 +113,9 @@ def eval_alpacaeval_cmd(
     if "tiny:" in judge:
         register_model_builders()
     metrics, path = eval_alpacaeval(candidate, baseline, judge, alpacaeval_data=alpacaeval_data,
-                                    run_dir=run_dir, cache=not no_cache, batch_size=batch_size,
-                                    device=device, timeout=timeout, max_retries=max_retries,
-                                    workers=workers)
+                                    annotator=annotator, run_dir=run_dir, cache=not no_cache,
+                                    batch_size=batch_size, device=device, timeout=timeout,
+                                    max_retries=max_retries, workers=workers)
     if as_json:
         console.print_json(json.dumps(metrics))
         return

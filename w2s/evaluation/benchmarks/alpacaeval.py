@@ -199,13 +199,133 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
+# --------------------------------------------------------------------------------------------
+# AlpacaEval 2's own annotator: weighted_alpaca_eval_gpt4_turbo
+
+ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+ANNOTATOR_TEMPLATE = '<|im_start|>system\nYou are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based on the quality of their responses to a given instruction. This process will be used to create a leaderboard reflecting the most accurate and human-preferred answers.\n<|im_end|>\n<|im_start|>user\nI require a leaderboard for various large language models. I\'ll provide you with prompts given to these models and their corresponding outputs. Your task is to assess these responses, and select the model that produces the best output from a human perspective.\n\n## Instruction\n\n{\n    "instruction": """{instruction}""",\n}\n\n## Model Outputs\n\nHere are the unordered outputs from the models. Each output is associated with a specific model, identified by a unique model identifier.\n\n{\n    {\n        "model_identifier": "m",\n        "output": """{output_1}"""\n    },\n    {\n        "model_identifier": "M",\n        "output": """{output_2}"""\n    }\n}\n\n## Task\n\nEvaluate the models based on the quality and relevance of their outputs, and select the model that generated the best output. Answer by providing the model identifier of the best model. We will use your output as the name of the best model, so make sure your output only contains one of the following model identifiers and nothing else (no quotes, no spaces, no new lines, ...): m or M.\n\n## Best Model Identifier\n<|im_end|>'
+"""AlpacaEval's ``evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt``, verbatim:
+ChatML turns, the placeholders ``{instruction}``, ``{output_1}``, ``{output_2}`` (output_1 shown
+as model ``m``, output_2 as ``M``)."""
+ANNOTATOR_TOKENS = ("m", "M")
+ANNOTATOR_SEED = 123
+"""The seed of AlpacaEval's ``RandomSwitchTwoColumnsProcessor`` (its processors' default)."""
+
+
+def annotator_messages(instruction: str, output_1: str, output_2: str) -> list[dict[str, str]]:
+    """The annotator's prompt as chat messages, as AlpacaEval builds it: each placeholder's
+    first occurrence replaced in order (instruction, output_1, output_2), then the ChatML text
+    split into turns with their content stripped."""
+    text = ANNOTATOR_TEMPLATE
+    for key, value in (("instruction", instruction), ("output_1", output_1),
+                       ("output_2", output_2)):
+        text = text.replace("{" + key + "}", str(value), 1)
+    messages = []
+    for part in text.strip().split("<|im_start|>")[1:]:
+        role, _, rest = part.partition("\n")
+        messages.append({"role": role.strip(), "content": rest.split("<|im_end|>", 1)[0].strip()})
+    return messages
+
+
+def is_switched(instruction: str, seed: int = ANNOTATOR_SEED) -> bool:
+    """Whether AlpacaEval shows the two outputs swapped for this instruction (its
+    ``random_seeded_choice`` over ``[False, True]``, seeded by column name, instruction, seed)."""
+    import random
+
+    return random.Random("is_switched_outputs" + instruction + str(seed)).choices(
+        [False, True], k=1)[0]
+
+
+def preference_from_logprobs(logprobs: dict[str, float]) -> float:
+    """AlpacaEval's ``logprob_parser`` (numerator ``m``, denominator ``m``, ``M``, not
+    binarised) on the shown order: ``2 - p(m) / (p(m) + p(M))``, a token not in the judge's top
+    log-probs counting as probability 0; NaN when neither is there."""
+    lm, lM = logprobs.get("m", -math.inf), logprobs.get("M", -math.inf)
+    if lm == -math.inf and lM == -math.inf:
+        return math.nan
+    top = max(lm, lM)
+    return 2.0 - math.exp(lm - (top + math.log(math.exp(lm - top) + math.exp(lM - top))))
+
+
+def annotate(judge, pairs: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """AlpacaEval 2's preferences for ``(instruction, model output, baseline output)`` triples
+    from a judge that reads first-token log-probs (``api:``, ``llm:``): output_1 is the baseline,
+    output_2 the model, shown swapped where :func:`is_switched`; the preference (1 baseline .. 2
+    model) undoes the swap as AlpacaEval does (``3 - x``)."""
+    template = f"{ANNOTATOR}@{_hash(ANNOTATOR_TEMPLATE)}"
+    shown, convs = [], []
+    for instruction, model, base in pairs:
+        swap = is_switched(instruction)
+        first, second = (model, base) if swap else (base, model)
+        shown.append(swap)
+        convs.append(annotator_messages(instruction, first, second))
+    out = judge.reply_logprobs(convs, ANNOTATOR_TOKENS, template=template)
+    rows = []
+    for swap, res in zip(shown, out, strict=True):
+        p = preference_from_logprobs(res["logprobs"])
+        rows.append({"preference": 3.0 - p if swap else p, "switched": swap,
+                     "logprobs": res["logprobs"], "cached": res["cached"]})
+    return rows
+
+
+def _hash(text: str) -> str:
+    from w2s.runs import content_hash
+
+    return content_hash(text, 8)
+
+
+ANNOTATORS = ("auto", "alpacaeval", "pairwise")
+
+
+def judge_alpacaeval(built, pairs: list[tuple[str, dict, dict]], annotator: str = "auto"
+                     ) -> tuple[list[float], list[dict]]:
+    """Preferences (1 baseline .. 2 model; NaN: no readable judgment) and per-pair records.
+
+    ``annotator``: ``alpacaeval`` (AlpacaEval 2's own annotator, :func:`annotate`: its prompt,
+    one seeded order per instruction, the preference from the log-probs of ``m`` / ``M``; needs
+    an ``api:`` or ``llm:`` judge), ``pairwise`` (the judge's own rule: both orders, or a reward
+    judge's scores), ``auto`` (alpacaeval for api: / llm: judges, else pairwise)."""
+    from w2s.evaluation.judges import writes_judgments
+    from w2s.evaluation.winrate import judge_pairs
+
+    if annotator not in ANNOTATORS:
+        raise W2SError(f"unknown annotator '{annotator}'; use one of {', '.join(ANNOTATORS)}")
+    if annotator == "auto":
+        annotator = "alpacaeval" if writes_judgments(built) else "pairwise"
+    if annotator == "pairwise":
+        return judge_pairs(built, pairs)
+    if not writes_judgments(built):
+        raise W2SError(f"judge '{built.spec}' cannot be AlpacaEval's annotator, which reads the "
+                       "log-probs of the judge's first reply token: use api:URL[#MODEL] or "
+                       "llm:MODEL, or --annotator pairwise")
+    judged = annotate(built, [(c["prompt"], c["response"], b["response"]) for _, c, b in pairs])
+    prefs, rows = [], []
+    for (key, c, b), j in zip(pairs, judged, strict=True):
+        pref = j["preference"]
+        prefs.append(pref)
+        rows.append({"id": key, "prompt": c["prompt"], "candidate_length": len(c["response"]),
+                     "baseline_length": len(b["response"]),
+                     "preference": None if math.isnan(pref) else pref,
+                     "annotator": ANNOTATOR, "switched": j["switched"],
+                     "logprobs": j["logprobs"], "cached": j["cached"]})
+    return prefs, rows
+
+
+def _counts(prefs: list[float]) -> dict[str, int]:
+    read = [p for p in prefs if not math.isnan(p)]
+    return {"wins": sum(p > 1.5 for p in read), "ties": sum(p == 1.5 for p in read),
+            "losses": sum(p < 1.5 for p in read), "n": len(read),
+            "unreadable": len(prefs) - len(read)}
+
+
 def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
-                    alpacaeval_data: str | Path | None = None,
+                    alpacaeval_data: str | Path | None = None, annotator: str = "auto",
                     run_dir: str | Path | None = None, cache: Any = True,
                     **judge_options: Any) -> tuple[dict[str, Any], Path]:
-    """What ``w2s eval alpacaeval`` does: judge the candidate's answers against the baseline's,
-    then AlpacaEval 2's figures; writes an ``alpacaeval`` run directory (config, judge identity,
-    ``judgments.jsonl``, ``metrics.json``). Returns ``(metrics, run path)``.
+    """What ``w2s eval alpacaeval`` does: judge the candidate's answers against the baseline's
+    (``annotator``: see :func:`judge_alpacaeval`), then AlpacaEval 2's figures; writes an
+    ``alpacaeval`` run directory (config, judge identity, ``judgments.jsonl``,
+    ``metrics.json``). Returns ``(metrics, run path)``.
 
     The baseline file sets each instruction's position in the eval set (its row order). Every
     input problem (files, judge, the package, ``df_gamed.csv``) is a W2SError raised before a
@@ -216,14 +336,12 @@ def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
     from w2s.evaluation.winrate import (
         LC_METHOD as MINIMAL_METHOD,
     )
-    from w2s.evaluation.winrate import (
-        judge_pairs,
-        lc_win_rate_with_reason,
-        outcome_counts,
-    )
+    from w2s.evaluation.winrate import lc_win_rate_with_reason
     from w2s.runs import Run, file_hash
 
     parse_judge(judge)
+    if annotator not in ANNOTATORS:
+        raise W2SError(f"unknown annotator '{annotator}'; use one of {', '.join(ANNOTATORS)}")
     _glm_module()                      # the package, and the file it needs, before any judging
     gamed = gamed_file(alpacaeval_data)
     cand_rows, base_rows = read_generations(candidate), read_generations(baseline)
@@ -231,6 +349,7 @@ def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
     position = {row[pairing.key]: i for i, row in enumerate(base_rows)}
     built = build_judge(judge, cache=cache, **judge_options)
     config = {"candidate": str(candidate), "baseline": str(baseline), "judge": judge,
+              "annotator": annotator,
               "alpacaeval_data": str(alpacaeval_data) if alpacaeval_data else None,
               "judge_options": {k: v for k, v in judge_options.items() if v is not None},
               "cache": str(cache) if not isinstance(cache, bool) else cache}
@@ -239,7 +358,7 @@ def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
                            GAMED_FILE: file_hash(gamed)}}
     with Run.start("alpacaeval", config, run_dir=run_dir, headline=("lc_win_rate",),
                    env_extra=env) as run:
-        prefs, rows = judge_pairs(built, pairing.pairs)
+        prefs, rows = judge_alpacaeval(built, pairing.pairs, annotator)
         for row, (key, _, _) in zip(rows, pairing.pairs, strict=True):
             row["position"] = position[key]
         generator = _name(cand_rows, Path(candidate).stem)
@@ -248,13 +367,17 @@ def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
                                 [r["position"] for r in rows], gamed=gamed, generator=generator,
                                 baseline=_name(base_rows, Path(baseline).stem),
                                 annotator=built.spec)
-        fit, reason = lc_win_rate_with_reason(prefs, [r["candidate_length"] for r in rows],
-                                              [r["baseline_length"] for r in rows],
-                                              [r["prompt"] for r in rows])
+        discrete = all(p in (1.0, 1.5, 2.0) for p in prefs)
+        fit, reason = (lc_win_rate_with_reason(prefs, [r["candidate_length"] for r in rows],
+                                               [r["baseline_length"] for r in rows],
+                                               [r["prompt"] for r in rows]) if discrete else
+                       (None, "the preferences are continuous (AlpacaEval's annotator); the "
+                              "minimal GLM takes 1, 1.5 or 2"))
         run.write_rows("judgments.jsonl", rows)
         run.log({"stage": "alpacaeval", "judge": built.spec, "n": len(rows),
                  "lc_win_rate": figures["lc_win_rate"], "win_rate": figures["win_rate"]})
-        metrics = {**figures, **outcome_counts(prefs), "generator": generator,
+        used = rows[0].get("annotator", "pairwise") if rows else annotator
+        metrics = {**figures, **_counts(prefs), "generator": generator, "annotator": used,
                    "unmatched": pairing.report(),
                    "lc_win_rate_minimal": fit["lc_win_rate"] if fit else None,
                    "lc_win_rate_minimal_method": MINIMAL_METHOD,

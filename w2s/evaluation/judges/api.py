@@ -176,6 +176,27 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
         self._run([lambda j=j, m=m: keep(j, self.chat(m, max_tokens))
                    for j, m in enumerate(conversations)], self.writing_cache)
 
+    def _logprobs(self, conversations: list[Messages], tokens: list[str],
+                  keep: Callable[[int, dict[str, float]], None]) -> None:
+        self._run([lambda j=j, m=m: keep(j, self._top_logprobs(m, tokens))
+                   for j, m in enumerate(conversations)], self.writing_cache)
+
+    def _top_logprobs(self, messages: Messages, tokens: list[str]) -> dict[str, float]:
+        """One token with its top-5 log-probs (AlpacaEval's request: max_tokens 1, temperature
+        1, logprobs, top_logprobs 5); the log-probs of ``tokens`` among them."""
+        payload = {"model": self._model_for_requests(), "messages": messages, "max_tokens": 1,
+                   "temperature": 1, "logprobs": True, "top_logprobs": 5}
+        data = self.client.request(self.url, payload)
+        try:
+            top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            found = {t["token"]: float(t["logprob"]) for t in top}
+        except (KeyError, IndexError, TypeError):
+            raise W2SError(f"api judge: {self.url} answered without logprobs (choices[0]."
+                           "logprobs.content[0].top_logprobs); this judging reads the log-probs "
+                           "of the first reply token: use a server that returns them (OpenAI, "
+                           "vLLM) or an llm: judge") from None
+        return {t: found[t] for t in tokens if t in found}
+
     def _run(self, jobs: list[Callable[[], None]], cache: JudgmentCache | None) -> None:
         """Every job, on ``workers`` threads; the first failure stops the rest and says what
         the cache keeps."""

@@ -218,6 +218,41 @@ class JudgmentWriter:
         soon as it is written (so a failure later keeps it in the cache)."""
         raise NotImplementedError
 
+    def reply_logprobs(self, conversations: Sequence[Sequence[Mapping[str, str]]],
+                       tokens: Sequence[str], *, template: str) -> list[dict[str, Any]]:
+        """For each conversation, the log-probability of each of ``tokens`` as the judge's
+        first reply token: ``{"logprobs": {token: logprob}, "cached": bool}``, a token the
+        judge does not rank among its top choices left out (AlpacaEval's weighted annotator
+        reads ``m`` / ``M`` this way). Cached like written judgments."""
+        cache = self.writing_cache
+        name = f"{template}#logprobs:{','.join(tokens)}"
+        convs = [[{"role": m["role"], "content": m["content"]} for m in c] for c in conversations]
+        results: list[dict | None] = [None] * len(convs)
+        todo: list[tuple[int, str | None]] = []
+        for i, messages in enumerate(convs):
+            key = cache.written_key(name, messages, 1) if cache is not None else None
+            hit = cache.get(key) if key is not None else None
+            if hit is not None:
+                results[i] = {"logprobs": hit["logprobs"], "cached": True}
+            else:
+                todo.append((i, key))
+
+        def keep(j: int, logprobs: dict[str, float]) -> None:
+            i, key = todo[j]
+            if key is not None:
+                cache.put(key, {"logprobs": logprobs, "template": name})
+            results[i] = {"logprobs": logprobs, "cached": False}
+
+        if todo:
+            self._logprobs([convs[i] for i, _ in todo], list(tokens), keep)
+        return results  # type: ignore[return-value]
+
+    def _logprobs(self, conversations: list[Messages], tokens: list[str],
+                  keep: Callable[[int, dict[str, float]], None]) -> None:
+        """The first-token log-probs of ``tokens`` for every conversation, ``keep(j, {...})``
+        for the j-th as soon as it is known."""
+        raise NotImplementedError
+
 
 def writes_judgments(judge: Judge) -> bool:
     """True when ``judge`` can write judgments (:class:`JudgmentWriter`)."""

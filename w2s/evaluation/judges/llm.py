@@ -75,35 +75,23 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
                 "template": PAIRWISE_TEMPLATE_VERSION, "verdict_tokens": list(VERDICT_TOKENS),
                 "version": f"transformers {metadata.version('transformers')}"}
 
-    def _encode(self, prompt_text: str, verdict: str) -> tuple[list[int], int]:
-        """Token ids of prompt + verdict, and how many belong to the prompt."""
-        templated = bool(getattr(self.tokenizer, "chat_template", None))
-        prefix = format_chat(self.tokenizer, prompt_text)
-
+    def _ids(self, prefix: str, reply: str) -> tuple[list[int], int]:
+        """Token ids of an already formatted prompt + ``reply``, and how many are the prompt's."""
         def enc(text: str) -> list[int]:
-            return self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+            return self.tokenizer(text, add_special_tokens=not self._templated)["input_ids"]
 
-        return enc(prefix + verdict), len(enc(prefix))
+        ids, n_prompt = enc(prefix + reply), len(enc(prefix))
+        if n_prompt >= len(ids):
+            raise W2SError(f"the tokenizer of {self.model_name} merges the reply {reply!r} into "
+                           "the prompt; use another judge model")
+        return ids, n_prompt
 
-    @torch.no_grad()
-    def margins(self, items: list[tuple[str, str, str]]) -> list[float]:
-        """``log p("1") - log p("2")`` for each ``(instruction, first, second)``."""
-        rows = []  # (ids, n_prompt) for verdict "1" then "2" of every item
-        for i, (instruction, first, second) in enumerate(items):
-            text = pairwise_prompt(instruction, first, second)
-            for verdict in VERDICT_TOKENS:
-                ids, n_prompt = self._encode(text, verdict)
-                if len(ids) > self.max_tokens:
-                    raise W2SError(f"judge prompt {i + 1} is {len(ids)} tokens, more than "
-                                   f"{self.model_name} takes ({self.max_tokens}); use a judge "
-                                   "with a longer context or shorter outputs")
-                if n_prompt >= len(ids):
-                    raise W2SError(f"the tokenizer of {self.model_name} merges the verdict into "
-                                   "the prompt; use another judge model")
-                rows.append((ids, n_prompt))
+    def _score(self, rows: list[tuple[list[int], int]]) -> list[float]:
+        """The summed log-prob of each row's reply tokens (after its ``n_prompt`` prompt
+        tokens), batched, from the shared helper."""
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        summed = []
+        summed: list[float] = []
         for start in range(0, len(rows), 2 * self.batch_size):
             chunk = rows[start:start + 2 * self.batch_size]
             input_ids, attention = pad_right([ids for ids, _ in chunk], pad)
@@ -112,6 +100,22 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
             _, total = response_logprobs(self.model, input_ids.to(device), attention.to(device),
                                          response.to(device))
             summed.extend(total.float().cpu().tolist())
+        return summed
+
+    @torch.no_grad()
+    def margins(self, items: list[tuple[str, str, str]]) -> list[float]:
+        """``log p("1") - log p("2")`` for each ``(instruction, first, second)``."""
+        rows = []  # (ids, n_prompt) for verdict "1" then "2" of every item
+        for i, (instruction, first, second) in enumerate(items):
+            prefix = format_chat(self.tokenizer, pairwise_prompt(instruction, first, second))
+            for verdict in VERDICT_TOKENS:
+                ids, n_prompt = self._ids(prefix, verdict)
+                if len(ids) > self.max_tokens:
+                    raise W2SError(f"judge prompt {i + 1} is {len(ids)} tokens, more than "
+                                   f"{self.model_name} takes ({self.max_tokens}); use a judge "
+                                   "with a longer context or shorter outputs")
+                rows.append((ids, n_prompt))
+        summed = self._score(rows)
         return [summed[2 * k] - summed[2 * k + 1] for k in range(len(items))]
 
     def compare(self, items: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
@@ -157,6 +161,25 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
             self.requests += len(texts)
         for j, text in enumerate(texts):
             keep(j, text)
+
+    @torch.no_grad()
+    def _logprobs(self, conversations: list[Messages], tokens: list[str],
+                  keep: Callable[[int, dict[str, float]], None]) -> None:
+        """Exact: each token scored as the whole reply with the shared log-prob helper."""
+        rows = []
+        for j, messages in enumerate(conversations):
+            prefix = format_chat(self.tokenizer, messages)
+            for token in tokens:
+                ids, n_prompt = self._ids(prefix, token)
+                if len(ids) > self.max_tokens:
+                    raise W2SError(f"judge prompt {j + 1} is {len(ids)} tokens, more than "
+                                   f"{self.model_name} takes ({self.max_tokens}); use a judge "
+                                   "with a longer context or shorter outputs")
+                rows.append((ids, n_prompt))
+        summed = self._score(rows)
+        k = len(tokens)
+        for j in range(len(conversations)):
+            keep(j, dict(zip(tokens, summed[j * k:(j + 1) * k], strict=True)))
 
     @property
     def _templated(self) -> bool:
