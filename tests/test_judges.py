@@ -242,6 +242,8 @@ class FakeJudgeServer(LocalServer):
                 text = payload["messages"][-1]["content"]
                 first = text.split("# Output 1", 1)[1].split("# Output 2", 1)[0]
                 verdict = "1" if "GOOD" in first else "2"
+                if server.mode == "flip" and n > server.k:  # a judge that changed its mind
+                    verdict = "2" if verdict == "1" else "1"
                 self._send(200, {"choices": [{"message": {"role": "assistant",
                                                           "content": verdict}}]})
 
@@ -491,3 +493,27 @@ def test_a_text_judge_can_read_the_prompt_with_the_response():
     with pytest.raises(W2SError, match="a judge reads one of"):
         build_judge("vader", reads="prompt")
     del REWARDS["test-echo-length"]
+
+
+def test_judge_repeats_ask_an_api_judge_again_and_report_the_median(server_factory, tmp_path,
+                                                                   capsys):
+    """--judge-repeats 2 with a judge that flips after the first repeat's 8 requests: the
+    repeats' win rates are 100 and 0, the figure their median 50; a rerun asks nothing."""
+    server = server_factory(mode="flip", k=8)
+    cand = [{"id": str(i), "prompt": f"q{i}", "response": f"GOOD {i}"} for i in range(4)]
+    base = [{"id": str(i), "prompt": f"q{i}", "response": f"meh {i}"} for i in range(4)]
+    for name, rows in (("cand", cand), ("base", base)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", "winrate", "--candidate", str(tmp_path / "cand.jsonl"), "--baseline",
+            str(tmp_path / "base.jsonl"), "--judge", f"api:{server.url}#j", "--judge-repeats",
+            "2", "--judge-cache", str(tmp_path / "cache")]
+    code, _, err = run_cli([*args, "--run-dir", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    per = m["judge_robustness"]["per_judge"][f"api:{server.url}#j"]
+    assert per["values"] == [100.0, 0.0] and not per["deterministic"]
+    assert m["win_rate"] == 50.0 and m["win_rate_repeat0"] == 100.0
+    assert server.chat_requests == 16
+    assert (tmp_path / "run" / "judgments-0-r1.jsonl").is_file()
+    code, _, err = run_cli([*args, "--run-dir", str(tmp_path / "again")], capsys)
+    assert code == 0 and server.chat_requests == 16  # both repeats from the cache

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import read_jsonl, run_cli
 
 from w2s.errors import W2SError
 from w2s.evaluation import (
@@ -281,3 +281,57 @@ def test_the_lc_figure_says_what_it_is():
     base = [{"id": str(i), "prompt": f"p{i}", "response": "bad"} for i in range(4)]
     m = evaluate_winrate(rows, base, build_judge("vader"), cache=False)
     assert m["lc_win_rate_method"] == LC_METHOD and "NOT AlpacaEval 2" in LC_METHOD
+
+
+# ---- judge robustness: --judges, --judge-repeats ----------------------------------------------
+
+
+def test_robustness_arithmetic_by_hand():
+    from w2s.evaluation.robust import agreement, robustness, spread
+
+    s = spread([50.0, 60.0, None, 40.0])
+    assert (s["median"], s["min"], s["max"], s["spread"], s["undefined"]) == (50.0, 40.0, 60.0,
+                                                                                20.0, 1)
+    a = agreement({"x": 2.0, "y": 1.0, "z": 1.5, "w": 2.0}, {"x": 2.0, "y": 2.0, "z": 1.5})
+    assert a["items"] == 3 and a["agreement"] == pytest.approx(2 / 3)
+    assert a["mean_abs_diff"] == pytest.approx(1 / 3)
+    # pearson of (2, 1, 1.5) with (2, 2, 1.5): means 1.5 and 11/6
+    x, y = [2, 1, 1.5], [2, 2, 1.5]
+    mx, my = 1.5, 11 / 6
+    cov = sum((p - mx) * (q - my) for p, q in zip(x, y))
+    sx = sum((p - mx) ** 2 for p in x) ** 0.5
+    sy = sum((q - my) ** 2 for q in y) ** 0.5
+    assert a["pearson"] == pytest.approx(cov / (sx * sy))
+    assert agreement({"x": "A>B"}, {"x": "A>B"})["pearson"] is None  # labels: agreement only
+    rec = robustness({"j1": [50.0], "j2": [40.0, 44.0]}, {"j1": {"x": 2.0}, "j2": {"x": 1.0}},
+                     figure="win_rate", deterministic={"j1": True})
+    assert rec["per_judge"]["j2"]["median"] == 42.0 and rec["per_judge"]["j1"]["deterministic"]
+    assert rec["agreement"]["j1 | j2"]["agreement"] == 0.0
+
+
+def test_cli_judges_and_repeats(tmp_path, capsys):
+    """Two judges on the same pairs: both figures and their agreement; a deterministic judge is
+    judged once whatever --judge-repeats says; an api: judge is asked again per repeat."""
+    cand = [{"id": str(i), "prompt": f"p{i}", "response": "y" * (i % 5 + 1)} for i in range(8)]
+    base = [{"id": str(i), "prompt": f"p{i}", "response": "x" * 3} for i in range(8)]
+    for name, rows in (("cand", cand), ("base", base)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["eval", "winrate", "--candidate", str(tmp_path / "cand.jsonl"),
+                              "--baseline", str(tmp_path / "base.jsonl"), "--judge",
+                              "reward:length", "--judges", "vader", "--judge-repeats", "3",
+                              "--run-dir", str(run_dir)], capsys)
+    assert code == 0, err
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rec = m["judge_robustness"]
+    assert rec["judges"] == ["reward:length", "vader"]
+    assert [rec["per_judge"][j]["n"] for j in rec["judges"]] == [1, 1]  # deterministic: once
+    # length: the candidate is longer in 2 of 8 pairs (4, 5 chars vs 3) and as long in 1
+    assert rec["per_judge"]["reward:length"]["median"] == pytest.approx(
+        (2 + 0.5 * 2) / 8 * 100)  # i % 5 + 1: lengths 1,2,3,4,5,1,2,3 -> wins 2, ties 2
+    assert m["win_rate"] == rec["per_judge"]["reward:length"]["median"]
+    length = {r["id"]: r["preference"] for r in read_jsonl(run_dir / "judgments.jsonl")}
+    vader = {r["id"]: r["preference"] for r in read_jsonl(run_dir / "judgments-1-r0.jsonl")}
+    same = sum(length[k] == vader[k] for k in length) / 8
+    assert rec["agreement"]["reward:length | vader"]["agreement"] == pytest.approx(same)
+    assert "agreement reward:length | vader" in out

@@ -11,10 +11,35 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from w2s.config import comma_list
 from w2s.console import _cell, console, register_model_builders
 
 eval_app = typer.Typer(help="The evaluation layer on its own, over recorded runs or files.",
                        no_args_is_help=True)
+
+JUDGES_OPTION = typer.Option(
+    None, "--judges", help="more judges (comma list), each judging the same items as --judge: "
+    "their figures and agreement go to metrics.json's judge_robustness")
+REPEATS_OPTION = typer.Option(
+    1, "--judge-repeats", help="judge everything N times with each judge that is not "
+    "deterministic (api:); the figure is the median, with its spread")
+
+
+def _print_robustness(metrics: dict) -> None:
+    """The judge-robustness table, when the run has one."""
+    record = metrics.get("judge_robustness")
+    if not record:
+        return
+    table = Table(title=escape(f"{record['figure']} by judge ({record['repeats']} repeats)"))
+    for col in ("judge", "median", "min", "max", "repeats run"):
+        table.add_column(col)
+    for judge, r in record["per_judge"].items():
+        table.add_row(escape(judge), _cell(r["median"]), _cell(r["min"]), _cell(r["max"]),
+                      f"{r['n']}" + (" (deterministic)" if r["deterministic"] else ""))
+    console.print(table)
+    for pair, a in record["agreement"].items():
+        console.print(f"agreement {pair}: {_cell(a['agreement'])} over {a['items']} items",
+                      markup=False)
 
 
 @eval_app.command("winrate")
@@ -38,6 +63,8 @@ def eval_winrate_cmd(
         None, "--judge-cache", help="api judge: folder of the judgment cache (default "
         "<w2s cache>/judgments)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    judges: Optional[str] = JUDGES_OPTION,
+    judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
 ) -> None:
     """Win rate of --candidate against --baseline under a judge (rows pair by id, else prompt).
@@ -52,6 +79,7 @@ def eval_winrate_cmd(
         register_model_builders()
     cache = False if no_cache else (judge_cache or True)
     metrics, path = eval_winrate(candidate, baseline, judge, run_dir=run_dir, cache=cache,
+                                 judges=comma_list(judges), repeats=judge_repeats,
                                  batch_size=batch_size, device=device, timeout=timeout,
                                  max_retries=max_retries, rate_limit=rate_limit, workers=workers)
     if as_json:
@@ -66,6 +94,7 @@ def eval_winrate_cmd(
                   str(metrics["losses"]), str(metrics["n"]),
                   f"{um['candidate']} cand / {um['baseline']} base")
     console.print(table)
+    _print_robustness(metrics)
     if metrics.get("candidate_reward_mean") is not None:
         console.print(f"mean reward: candidate {metrics['candidate_reward_mean']:.4g}, "
                       f"baseline {metrics['baseline_reward_mean']:.4g}", markup=False)

@@ -378,23 +378,44 @@ def evaluate_winrate(candidate_rows, baseline_rows, judge, *, run=None, cache: A
 
 def eval_winrate(candidate: str | Path, baseline: str | Path, judge: str, *,
                  run_dir: str | Path | None = None, cache: Any = True,
+                 judges: Sequence[str] = (), repeats: int = 1,
                  **judge_options: Any) -> tuple[dict[str, Any], Path]:
     """What ``w2s eval winrate`` does: read both files, judge, write a ``winrate`` run directory.
+
+    ``judges``: more judges, each judging the same pairs (their agreement with ``judge`` goes
+    to ``judge_robustness``); ``repeats``: how many times each non-deterministic judge judges
+    everything (the win rate is then the median; :mod:`w2s.evaluation.robust`).
 
     Input problems (files, judge string, model loading, a refusing API server) are W2SErrors
     raised before anything is kept: the run directory this call created is removed (API
     judgments already made stay in the judgment cache). Returns ``(metrics, run path)``.
     """
-    parse_judge(judge)
+    from w2s.evaluation.robust import run_judges
+    from w2s.runs import read_jsonl
+
+    specs = list(dict.fromkeys([judge, *judges]))
+    for spec in specs:
+        parse_judge(spec)
     cand_rows, base_rows = read_generations(candidate), read_generations(baseline)
     built = build_judge(judge, cache=cache, **judge_options)
     config = {"candidate": str(candidate), "baseline": str(baseline), "judge": judge,
+              "judges": specs[1:], "judge_repeats": repeats,
               "judge_options": {k: v for k, v in judge_options.items() if v is not None},
               "cache": str(cache) if not isinstance(cache, bool) else cache}
     data = {"candidate": file_hash(candidate), "baseline": file_hash(baseline)}
     with Run.start("winrate", config, run_dir=run_dir, headline=("win_rate",),
                    env_extra={"judge": built.identity(), "data_hashes": data}) as run:
-        metrics = evaluate_winrate(cand_rows, base_rows, built, run=run)
+        def build(spec: str, repeat: int):
+            if spec == judge and repeat == 0:
+                return built
+            return build_judge(spec, cache=cache, repeat=repeat, **judge_options)
+
+        def once(j, name: str) -> tuple[dict, dict]:
+            metrics = evaluate_winrate(cand_rows, base_rows, j, run=run, judgments=name)
+            rows = read_jsonl(run.path / name)
+            return metrics, {r["id"]: r["preference"] for r in rows}
+
+        metrics = run_judges(specs, repeats, build, once, figure="win_rate")
         full = run.finish({**metrics, "gold_reward": metrics.get("candidate_reward_mean"),
                            "baseline_gold_reward": metrics.get("baseline_reward_mean")})
     return full, run.path

@@ -92,7 +92,7 @@ def parse_judge(spec: str) -> tuple[str, dict[str, str | None]]:
 
 
 API_OPTIONS = ("cache", "timeout", "max_retries", "backoff", "rate_limit", "workers",
-               "max_tokens")
+               "max_tokens", "repeat")
 MODEL_OPTIONS = ("batch_size", "device", "dtype")
 LLM_OPTIONS = (*MODEL_OPTIONS, "cache")
 

@@ -72,13 +72,17 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
     """A judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint: pairwise
     (:meth:`compare`) and writing (:meth:`reply`, :meth:`write_judgments`), one client, one
     cache folder. ``max_tokens`` is the pairwise reply's budget; a written judgment's is the
-    caller's."""
+    caller's. Not deterministic (a served model can answer the same prompt differently):
+    ``repeat`` > 0 is a repeat of the judging with cache entries of its own."""
+
+    deterministic = False
 
     def __init__(self, spec: str, url: str, model: str | None = None, *,
                  cache: bool | str | os.PathLike = True, timeout: float = 60.0,
                  max_retries: int = 3, backoff: float = 1.0, rate_limit: float | None = None,
-                 workers: int = 1, max_tokens: int = 8):
+                 workers: int = 1, max_tokens: int = 8, repeat: int = 0):
         super().__init__(spec)
+        self.repeat = int(repeat)  # > 0: a repeat of the judging (--judge-repeats), cached apart
         self.url = chat_url(url)
         self.model = model or os.environ.get(MODEL_ENV_VAR) or None
         self.served_model: str | None = self.model
@@ -98,11 +102,14 @@ class ApiJudge(PairwiseJudge, JudgmentWriter):
         """Everything that decides a verdict: where, which model, which prompt, how sampled."""
         return {"judge": "api", "url": self.url, "model": self.model,
                 "template": PAIRWISE_TEMPLATE_VERSION, "temperature": 0,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens, **self._repeat()}
 
     def _writer_cache_identity(self) -> dict[str, Any]:
         return {"judge": "api", "url": self.url, "model": self.model, "writes": "judgments",
-                "temperature": 0}
+                "temperature": 0, **self._repeat()}
+
+    def _repeat(self) -> dict[str, int]:
+        return {"repeat": self.repeat} if self.repeat else {}
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), **self._cache_identity(),

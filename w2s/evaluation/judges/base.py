@@ -90,6 +90,10 @@ class Judge:
 
     kind = "judge"
 
+    deterministic = True
+    """Whether the same items always get the same judgment (a model read greedily or by its
+    log-probs, a reward): repeats of it are not recomputed (:mod:`w2s.evaluation.robust`)."""
+
     def __init__(self, spec: str):
         self.spec = spec
 
