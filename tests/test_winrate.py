@@ -298,7 +298,7 @@ def test_robustness_arithmetic_by_hand():
     # pearson of (2, 1, 1.5) with (2, 2, 1.5): means 1.5 and 11/6
     x, y = [2, 1, 1.5], [2, 2, 1.5]
     mx, my = 1.5, 11 / 6
-    cov = sum((p - mx) * (q - my) for p, q in zip(x, y))
+    cov = sum((p - mx) * (q - my) for p, q in zip(x, y, strict=True))
     sx = sum((p - mx) ** 2 for p in x) ** 0.5
     sy = sum((q - my) ** 2 for q in y) ** 0.5
     assert a["pearson"] == pytest.approx(cov / (sx * sy))
