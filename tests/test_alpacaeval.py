@@ -423,3 +423,22 @@ def test_an_api_judge_as_alpacaevals_annotator_reads_top_logprobs(tmp_path, caps
         assert code == 0 and len(asked) == N  # every log-prob came from the judgment cache
     finally:
         server.close()
+
+
+def test_two_judges_on_alpacaeval_report_both_lc_figures_and_their_agreement(tmp_path, capsys):
+    _require_package()
+    cand, ref = _files(tmp_path)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(["eval", "alpacaeval", "--candidate", str(cand), "--baseline",
+                            str(ref), "--judge", "reward:length", "--judges", "vader",
+                            "--alpacaeval-data", str(tmp_path), "--run-dir", str(run_dir)],
+                           capsys)
+    assert code == 0, err
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rec = m["judge_robustness"]
+    assert rec["figure"] == "lc_win_rate" and rec["judges"] == ["reward:length", "vader"]
+    assert rec["per_judge"]["reward:length"]["median"] == m["lc_win_rate"]
+    second = read_jsonl(run_dir / "judgments-1-r0.jsonl")
+    first = {r["id"]: r["preference"] for r in read_jsonl(run_dir / "judgments.jsonl")}
+    agree = sum(first[r["id"]] == r["preference"] for r in second) / len(second)
+    assert rec["agreement"]["reward:length | vader"]["agreement"] == pytest.approx(agree)

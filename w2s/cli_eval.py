@@ -132,6 +132,8 @@ def eval_alpacaeval_cmd(
     max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
     workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
     no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    judges: Optional[str] = JUDGES_OPTION,
+    judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
 ) -> None:
     """AlpacaEval 2: the length-controlled win rate (AlpacaEval's length_controlled_v1 GLM,
@@ -143,6 +145,7 @@ def eval_alpacaeval_cmd(
         register_model_builders()
     metrics, path = eval_alpacaeval(candidate, baseline, judge, alpacaeval_data=alpacaeval_data,
                                     annotator=annotator, run_dir=run_dir, cache=not no_cache,
+                                    judges=comma_list(judges), repeats=judge_repeats,
                                     batch_size=batch_size, device=device, timeout=timeout,
                                     max_retries=max_retries, workers=workers)
     if as_json:
@@ -156,6 +159,7 @@ def eval_alpacaeval_cmd(
                   str(metrics["wins"]), str(metrics["ties"]), str(metrics["losses"]),
                   str(metrics["n"]))
     console.print(table)
+    _print_robustness(metrics)
     if metrics["lc_warning"]:
         console.print(f"[yellow]{escape(metrics['lc_warning'])}[/yellow]")
     console.print(f"run: {escape(str(path))}")

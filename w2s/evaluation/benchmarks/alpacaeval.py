@@ -321,11 +321,13 @@ def _counts(prefs: list[float]) -> dict[str, int]:
 def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
                     alpacaeval_data: str | Path | None = None, annotator: str = "auto",
                     run_dir: str | Path | None = None, cache: Any = True,
+                    judges: Sequence[str] = (), repeats: int = 1,
                     **judge_options: Any) -> tuple[dict[str, Any], Path]:
     """What ``w2s eval alpacaeval`` does: judge the candidate's answers against the baseline's
     (``annotator``: see :func:`judge_alpacaeval`), then AlpacaEval 2's figures; writes an
     ``alpacaeval`` run directory (config, judge identity, ``judgments.jsonl``,
-    ``metrics.json``). Returns ``(metrics, run path)``.
+    ``metrics.json``). Returns ``(metrics, run path)``. ``judges`` and ``repeats``: see
+    :func:`w2s.evaluation.robust.run_judges` (the LC win rate is the figure compared).
 
     The baseline file sets each instruction's position in the eval set (its row order). Every
     input problem (files, judge, the package, ``df_gamed.csv``) is a W2SError raised before a
@@ -333,13 +335,16 @@ def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
     """
     from w2s.evaluation.generations import pair_generations, read_generations
     from w2s.evaluation.judges import build_judge, parse_judge
+    from w2s.evaluation.robust import run_judges
     from w2s.evaluation.winrate import (
         LC_METHOD as MINIMAL_METHOD,
     )
     from w2s.evaluation.winrate import lc_win_rate_with_reason
     from w2s.runs import Run, file_hash
 
-    parse_judge(judge)
+    specs = list(dict.fromkeys([judge, *judges]))
+    for spec in specs:
+        parse_judge(spec)
     if annotator not in ANNOTATORS:
         raise W2SError(f"unknown annotator '{annotator}'; use one of {', '.join(ANNOTATORS)}")
     _glm_module()                      # the package, and the file it needs, before any judging
@@ -349,40 +354,50 @@ def eval_alpacaeval(candidate: str | Path, baseline: str | Path, judge: str, *,
     position = {row[pairing.key]: i for i, row in enumerate(base_rows)}
     built = build_judge(judge, cache=cache, **judge_options)
     config = {"candidate": str(candidate), "baseline": str(baseline), "judge": judge,
-              "annotator": annotator,
+              "judges": specs[1:], "judge_repeats": repeats, "annotator": annotator,
               "alpacaeval_data": str(alpacaeval_data) if alpacaeval_data else None,
               "judge_options": {k: v for k, v in judge_options.items() if v is not None},
               "cache": str(cache) if not isinstance(cache, bool) else cache}
     env = {"judge": built.identity(), "gamed_file": str(gamed),
            "data_hashes": {"candidate": file_hash(candidate), "baseline": file_hash(baseline),
                            GAMED_FILE: file_hash(gamed)}}
+    generator = _name(cand_rows, Path(candidate).stem)
     with Run.start("alpacaeval", config, run_dir=run_dir, headline=("lc_win_rate",),
                    env_extra=env) as run:
-        prefs, rows = judge_alpacaeval(built, pairing.pairs, annotator)
-        for row, (key, _, _) in zip(rows, pairing.pairs, strict=True):
-            row["position"] = position[key]
-        generator = _name(cand_rows, Path(candidate).stem)
-        figures = alpacaeval_lc(prefs, [c["response"] for _, c, _ in pairing.pairs],
-                                [b["response"] for _, _, b in pairing.pairs],
-                                [r["position"] for r in rows], gamed=gamed, generator=generator,
-                                baseline=_name(base_rows, Path(baseline).stem),
-                                annotator=built.spec)
-        discrete = all(p in (1.0, 1.5, 2.0) for p in prefs)
-        fit, reason = (lc_win_rate_with_reason(prefs, [r["candidate_length"] for r in rows],
-                                               [r["baseline_length"] for r in rows],
-                                               [r["prompt"] for r in rows]) if discrete else
-                       (None, "the preferences are continuous (AlpacaEval's annotator); the "
-                              "minimal GLM takes 1, 1.5 or 2"))
-        run.write_rows("judgments.jsonl", rows)
-        run.log({"stage": "alpacaeval", "judge": built.spec, "n": len(rows),
-                 "lc_win_rate": figures["lc_win_rate"], "win_rate": figures["win_rate"]})
-        used = rows[0].get("annotator", "pairwise") if rows else annotator
-        metrics = {**figures, **_counts(prefs), "generator": generator, "annotator": used,
-                   "unmatched": pairing.report(),
-                   "lc_win_rate_minimal": fit["lc_win_rate"] if fit else None,
-                   "lc_win_rate_minimal_method": MINIMAL_METHOD,
-                   "lc_win_rate_minimal_reason": reason,
-                   "judge": built.identity(), "judge_kind": built.kind}
+        def once(j, name: str) -> tuple[dict, dict]:
+            prefs, rows = judge_alpacaeval(j, pairing.pairs, annotator)
+            for row, (key, _, _) in zip(rows, pairing.pairs, strict=True):
+                row["position"] = position[key]
+            figures = alpacaeval_lc(prefs, [c["response"] for _, c, _ in pairing.pairs],
+                                    [b["response"] for _, _, b in pairing.pairs],
+                                    [r["position"] for r in rows], gamed=gamed,
+                                    generator=generator,
+                                    baseline=_name(base_rows, Path(baseline).stem),
+                                    annotator=j.spec)
+            discrete = all(p in (1.0, 1.5, 2.0) for p in prefs)
+            fit, reason = (lc_win_rate_with_reason(prefs, [r["candidate_length"] for r in rows],
+                                                   [r["baseline_length"] for r in rows],
+                                                   [r["prompt"] for r in rows]) if discrete else
+                           (None, "the preferences are continuous (AlpacaEval's annotator); "
+                                  "the minimal GLM takes 1, 1.5 or 2"))
+            run.write_rows(name, rows)
+            run.log({"stage": "alpacaeval", "judge": j.spec, "n": len(rows), "file": name,
+                     "lc_win_rate": figures["lc_win_rate"], "win_rate": figures["win_rate"]})
+            used = rows[0].get("annotator", "pairwise") if rows else annotator
+            metrics = {**figures, **_counts(prefs), "generator": generator, "annotator": used,
+                       "unmatched": pairing.report(),
+                       "lc_win_rate_minimal": fit["lc_win_rate"] if fit else None,
+                       "lc_win_rate_minimal_method": MINIMAL_METHOD,
+                       "lc_win_rate_minimal_reason": reason,
+                       "judge": j.identity(), "judge_kind": j.kind}
+            return metrics, {r["id"]: r["preference"] for r in rows}
+
+        def build(spec: str, repeat: int):
+            if spec == judge and repeat == 0:
+                return built
+            return build_judge(spec, cache=cache, repeat=repeat, **judge_options)
+
+        metrics = run_judges(specs, repeats, build, once, figure="lc_win_rate")
         full = run.finish(metrics)
     return full, run.path
 
