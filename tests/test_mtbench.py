@@ -385,3 +385,18 @@ def test_format_chat_system_fallbacks():
     assert format_chat(NoSystemRole(), "U", system="S\n\n") == "<user>S\n\nU</user><model>"
     assert format_chat(Plain(), "U", "R", system="S") == "S\n\nUR"
     assert format_chat(Plain(), "U") == "U"
+
+
+def test_judge_repeats_on_mtbench(judge_server, files, tmp_path, capsys):
+    """--judge-repeats 2: the api judge grades everything twice (8 requests, the second repeat
+    cached apart); its canned ratings agree, so the median is the single run's 6.0, spread 0."""
+    judge = f"api:{judge_server.url}#gpt-4"
+    run = tmp_path / "rep"
+    code, out, err = run_cli(mtbench_args(files, judge, run, "--judge-cache",
+                                          str(tmp_path / "c"), "--judge-repeats", "2"), capsys)
+    assert code == 0, err
+    m = json.loads((run / "metrics.json").read_text())
+    per = m["judge_robustness"]["per_judge"][judge]
+    assert per["values"] == [6.0, 6.0] and per["spread"] == 0.0 and m["mtbench_score"] == 6.0
+    assert len(judge_server.payloads) == 8 and (run / "judgments-0-r1.jsonl").is_file()
+    assert "mtbench_score by judge" in out

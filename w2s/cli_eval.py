@@ -191,6 +191,8 @@ def eval_mtbench_cmd(
         None, "--judge-cache", help="api judge: folder of the judgment cache (default "
         "<w2s cache>/judgments)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    judges: Optional[str] = JUDGES_OPTION,
+    judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
 ) -> None:
     """MT-Bench single-answer grading, as FastChat's llm_judge: the judge rates each answer's
@@ -206,6 +208,7 @@ def eval_mtbench_cmd(
     cache = False if no_cache else (judge_cache or True)
     metrics, path = eval_mtbench(answers, judge, questions=questions, references=references,
                                  run_dir=run_dir, cache=cache, max_tokens=max_tokens,
+                                 judges=comma_list(judges), repeats=judge_repeats,
                                  batch_size=batch_size, device=device, timeout=timeout,
                                  max_retries=max_retries, rate_limit=rate_limit,
                                  workers=workers)
@@ -222,6 +225,7 @@ def eval_mtbench_cmd(
     for cat, r in metrics["categories"].items():
         table.add_row(escape(cat), _cell(r["mean"]), str(r["scored"]), str(r["failed"]))
     console.print(table)
+    _print_robustness(metrics)
     if metrics["failed"]:
         console.print(f"{metrics['failed']} of {metrics['n']} judgments had no readable "
                       "[[rating]] (score -1, left out of the means)", markup=False,

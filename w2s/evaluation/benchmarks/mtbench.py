@@ -436,15 +436,21 @@ def grade(prompts: list[JudgePrompt], judge, *, max_tokens: int = JUDGE_MAX_TOKE
     return rows  # type: ignore[return-value]
 
 
-def _writer(judge: Any, **options: Any):
-    from w2s.evaluation.judges import build_judge, parse_judge, writes_judgments
+def _writer_kind(judge: str) -> None:
+    from w2s.evaluation.judges import parse_judge
     from w2s.evaluation.judges.generate import GENERATIVE_KINDS
 
+    kind = parse_judge(judge)[0]
+    if kind not in GENERATIVE_KINDS:
+        raise W2SError(f"MT-Bench needs a judge that writes judgments, api:URL#MODEL or "
+                       f"llm:MODEL, not '{judge}' (a {kind} judge only scores)")
+
+
+def _writer(judge: Any, **options: Any):
+    from w2s.evaluation.judges import build_judge, writes_judgments
+
     if isinstance(judge, str):
-        kind = parse_judge(judge)[0]
-        if kind not in GENERATIVE_KINDS:
-            raise W2SError(f"MT-Bench needs a judge that writes judgments, api:URL#MODEL or "
-                           f"llm:MODEL, not '{judge}' (a {kind} judge only scores)")
+        _writer_kind(judge)
     built = build_judge(judge, **options)
     if not writes_judgments(built):
         raise W2SError(f"MT-Bench needs a judge that writes judgments (api:URL#MODEL or "
@@ -454,10 +460,11 @@ def _writer(judge: Any, **options: Any):
 
 def evaluate_mtbench(questions: list[dict], answers: Mapping[Any, dict], judge, *,
                      references: Mapping[Any, dict] | None = None, run=None,
-                     max_tokens: int = JUDGE_MAX_TOKENS, **judge_options: Any) -> dict[str, Any]:
+                     max_tokens: int = JUDGE_MAX_TOKENS, judgments: str = "judgments.jsonl",
+                     **judge_options: Any) -> dict[str, Any]:
     """Grade ``answers`` to ``questions`` with ``judge`` (a judge string or a built judge);
     the figures of :func:`mtbench_figures` plus ``model`` (the answers' model_id), ``cached``
-    and the judge's identity. With a ``run``, the judgments go to its judgments.jsonl."""
+    and the judge's identity. With a ``run``, the judgments go to its file ``judgments``."""
     prompts = judge_prompts(questions, answers, references)
     built = _writer(judge, **judge_options)
     rows = grade(prompts, built, max_tokens=max_tokens)
@@ -467,8 +474,8 @@ def evaluate_mtbench(questions: list[dict], answers: Mapping[Any, dict], judge, 
     metrics = {**mtbench_figures(rows), "model": models[0] if len(models) == 1 else models,
                "cached": sum(r["cached"] for r in rows), "judge": built.writer_identity()}
     if run is not None:
-        run.write_rows("judgments.jsonl", rows)
-        run.log({"stage": "mtbench", "judge": built.spec, "n": len(rows),
+        run.write_rows(judgments, rows)
+        run.log({"stage": "mtbench", "judge": built.spec, "n": len(rows), "file": judgments,
                  "mtbench_score": metrics["mtbench_score"], "failed": metrics["failed"]})
     return metrics
 
@@ -476,21 +483,29 @@ def evaluate_mtbench(questions: list[dict], answers: Mapping[Any, dict], judge, 
 def eval_mtbench(answers: str | Path, judge: str, *, questions: str | Path | None = None,
                  references: str | Path | None = None, run_dir: str | Path | None = None,
                  cache: Any = True, max_tokens: int = JUDGE_MAX_TOKENS,
+                 judges: Sequence[str] = (), repeats: int = 1,
                  **judge_options: Any) -> tuple[dict[str, Any], Path]:
     """What ``w2s eval mtbench`` does: read the files, check them, grade, and write an
     ``mtbench`` run directory (config.yaml; env.json with the judge, the prompt templates'
     hashes and the files' hashes; judgments.jsonl; metrics.json). Every input problem is a
-    W2SError raised before the run directory exists, or with it removed."""
-    from w2s.runs import Run, file_hash
+    W2SError raised before the run directory exists, or with it removed. ``judges`` and
+    ``repeats``: see :func:`w2s.evaluation.robust.run_judges` (the MT-Bench score is the figure
+    compared; the outcomes are the ratings per question and turn)."""
+    from w2s.evaluation.robust import run_judges
+    from w2s.runs import Run, file_hash, read_jsonl
 
     opts = {k: v for k, v in judge_options.items() if v is not None}
     qs = load_questions(questions)
     ans = load_answers(answers)
     refs = load_answers(references, "references") if references is not None else None
     judge_prompts(qs, ans, refs)  # every input check, before anything is built or written
+    specs = list(dict.fromkeys([judge, *judges]))
     built = _writer(judge, cache=cache, **opts)
+    for spec in specs[1:]:
+        _writer_kind(spec)
     config = {"answers": str(answers), "questions": str(questions) if questions else HUB_DATASET,
               "references": str(references) if references else None, "judge": judge,
+              "judges": specs[1:], "judge_repeats": repeats,
               "judge_options": opts, "max_tokens": max_tokens,
               "cache": str(cache) if not isinstance(cache, bool) else cache}
     hashes = {"answers": file_hash(answers),
@@ -500,8 +515,19 @@ def eval_mtbench(answers: str | Path, judge: str, *, questions: str | Path | Non
            "prompt_templates": {name: template_hash(name) for name in JUDGE_PROMPTS}}
     with Run.start("mtbench", config, run_dir=run_dir, headline=("mtbench_score",),
                    env_extra=env) as run:
-        metrics = evaluate_mtbench(qs, ans, built, references=refs, run=run,
-                                   max_tokens=max_tokens)
+        def once(j, name: str) -> tuple[dict, dict]:
+            metrics = evaluate_mtbench(qs, ans, j, references=refs, run=run,
+                                       max_tokens=max_tokens, judgments=name)
+            rows = read_jsonl(run.path / name)
+            return metrics, {(r["question_id"], r["turn"]): None if r["score"] == FAILED
+                             else r["score"] for r in rows}
+
+        def build(spec: str, repeat: int):
+            if spec == judge and repeat == 0:
+                return built
+            return _writer(spec, cache=cache, repeat=repeat, **opts)
+
+        metrics = run_judges(specs, repeats, build, once, figure="mtbench_score")
         if metrics["mtbench_score"] is None:
             metrics["mtbench_score_reason"] = (f"no judgment had a readable rating "
                                                f"({metrics['failed']} failed)")
