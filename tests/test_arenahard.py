@@ -397,3 +397,21 @@ def test_llm_judge_writes_greedily_and_caches(tmp_path):
         generate_judgment(judge, ah.OG_ARENA_HARD_PROMPT, "Q", max_tokens=6)
     ident = judge.writer_identity()
     assert ident["judge"] == "llm:tiny:llama-1x32" and ident["decoding"] == "greedy"
+
+
+def test_two_judges_and_their_agreement_on_arena_hard(judge_server, tmp_path, capsys):
+    """--judges: a second judge (the same server under another model name, so its own cache
+    entries) judges the same 8 games; the same verdicts: agreement 1 and the same score."""
+    paths = _files(tmp_path)
+    other = f"api:{judge_server.url}#judge-two"
+    code, out, err = run_cli(_args(judge_server, paths, tmp_path / "r", "--judges", other),
+                             capsys)
+    assert code == 0, err
+    assert judge_server.chat_requests == 16
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    rec = m["judge_robustness"]
+    assert rec["figure"] == "score" and len(rec["judges"]) == 2
+    (pair,) = rec["agreement"].values()
+    assert pair["items"] == 8 - 1 and pair["agreement"] == 1.0  # MUTE's unparsed game: None
+    assert rec["per_judge"][other]["median"] == m["score"]
+    assert (tmp_path / "r" / "judgments-1-r0.jsonl").is_file()

@@ -265,6 +265,8 @@ def eval_arenahard_cmd(
         None, "--judge-cache", help="folder of the judgment cache (default <w2s cache>/"
         "judgments)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="ask again, cache nothing"),
+    judges: Optional[str] = JUDGES_OPTION,
+    judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
 ) -> None:
     """Arena-Hard-Auto: the model's win rate against the baseline, as Arena-Hard's code scores
@@ -279,7 +281,8 @@ def eval_arenahard_cmd(
                                    setting=setting, category=category, n_boot=n_boot, seed=seed,
                                    run_dir=run_dir, cache=cache, workers=workers,
                                    max_tokens=max_tokens, device=device, timeout=timeout,
-                                   max_retries=max_retries, rate_limit=rate_limit)
+                                   max_retries=max_retries, rate_limit=rate_limit,
+                                   judges=comma_list(judges), repeats=judge_repeats)
     if as_json:
         console.print_json(json.dumps(metrics))
         return
@@ -299,6 +302,7 @@ def eval_arenahard_cmd(
                   str(metrics["n_questions"]), str(metrics["n_battles"]),
                   f"{metrics['n_unparsed']} of {metrics['n_games']}")
     console.print(table)
+    _print_robustness(metrics)
     if metrics["style_controlled_score_reason"]:
         console.print(f"style control: {metrics['style_controlled_score_reason']}", markup=False)
     console.print(f"run: {escape(str(path))}")

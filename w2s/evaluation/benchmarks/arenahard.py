@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,13 +329,16 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
                    questions: str | Path | None = None, setting: str = "v2",
                    category: str | None = None, n_boot: int = 100, seed: int = 42,
                    run_dir: str | Path | None = None, cache: Any = True, workers: int = 1,
-                   max_tokens: int | None = None, weight: int = 3, **judge_options: Any
+                   max_tokens: int | None = None, weight: int = 3,
+                   judges: Sequence[str] = (), repeats: int = 1, **judge_options: Any
                    ) -> tuple[dict[str, Any], Path]:
     """What ``w2s eval arenahard`` does: each question judged twice (positions swapped) by a
     generative judge with Arena-Hard's prompt, the verdicts parsed with its regex, scored as the
     ``setting``'s code scores them (plain and style-controlled). Writes an ``arenahard`` run
     directory (config, env with the judge identity, prompt hash and file hashes,
-    ``judgments.jsonl``, ``metrics.json``). Returns ``(metrics, run path)``.
+    ``judgments.jsonl``, ``metrics.json``). Returns ``(metrics, run path)``. ``judges`` and
+    ``repeats``: see :func:`w2s.evaluation.robust.run_judges` (the score is the figure compared;
+    the outcomes are the verdicts per question and game).
 
     Every input problem is a W2SError raised before a run directory is kept.
     """
@@ -348,6 +352,7 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
         style_features,
     )
     from w2s.evaluation.judges.generate import build_generative_judge
+    from w2s.evaluation.robust import run_judges
     from w2s.runs import Run, content_hash, file_hash
 
     check_setting(setting)
@@ -360,19 +365,20 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
     count = token_counter(setting)
     metas = {side: {k: style_metadata(data[side][k]["answer"], data[side][k]["metadata"], count)
                     for k in data["ids"]} for side in ("answers", "baseline")}
+    specs = list(dict.fromkeys([judge, *judges]))
+    for spec in specs[1:]:
+        _check_judge(spec)
     built = build_generative_judge(judge, what="Arena-Hard", cache=cache, **judge_options)
     budget = int(max_tokens or MAX_TOKENS[setting])
     prompts = {"system": OG_ARENA_HARD_PROMPT, "creative_writing": CREATIVE_WRITING_PROMPT,
                "template": PROMPT_TEMPLATE, "follow_up": FOLLOW_UP, "patterns": PATTERNS[setting]}
     template = f"arena-hard-{setting}@{content_hash(prompts, 8)}"
 
-    def identity() -> dict[str, Any]:  # who judged (served_model is known once it has answered)
-        return {**built.writer_identity(), "template": template, "max_tokens": budget}
-
-    def ask(messages: list[dict[str, str]]) -> tuple[str, bool]:
-        return built.reply(messages, template=template, max_tokens=budget)
+    def identity(j) -> dict[str, Any]:  # who judged (served_model is known once it has answered)
+        return {**j.writer_identity(), "template": template, "max_tokens": budget}
 
     config = {"answers": str(answers), "baseline": str(baseline), "judge": judge,
+              "judges": specs[1:], "judge_repeats": repeats,
               "questions": str(questions) if questions else None, "setting": setting,
               "category": category, "n_boot": n_boot, "seed": seed, "weight": weight,
               "max_tokens": budget, "workers": workers,
@@ -381,65 +387,83 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
     hashes = {"answers": file_hash(answers), "baseline": file_hash(baseline)}
     if questions:
         hashes["questions"] = file_hash(questions)
-    env = {"judge": identity(), "template_hash": content_hash(prompts, 16),
+    env = {"judge": identity(built), "template_hash": content_hash(prompts, 16),
            "data_hashes": hashes}
     with Run.start("arenahard", config, run_dir=run_dir, headline=("score",),
                    env_extra=env) as run:
-        def one(qid: str) -> list[dict]:
-            return _judge_question(ask, setting, data["questions"][qid],
-                                   data["answers"][qid]["answer"], data["baseline"][qid]["answer"])
+        def once(j, name: str) -> tuple[dict, dict]:
+            metrics, rows = _score_with(j, name)
+            return metrics, {(r["question_id"], r["model_a"]): r["verdict"] for r in rows}
 
-        if workers > 1 and len(data["ids"]) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                judged = list(pool.map(one, data["ids"]))
-        else:
-            judged = [one(qid) for qid in data["ids"]]
-        rows = []
-        for qid, games in zip(data["ids"], judged, strict=True):
-            names = ((data["baseline_model"], data["model"]), (data["model"],
-                                                               data["baseline_model"]))
-            for g, (a, b) in zip(games, names, strict=True):
-                rows.append({"question_id": qid, "category": data["questions"][qid]["category"],
-                             "model_a": a, "model_b": b, **g})
-        run.write_rows("judgments.jsonl", rows)
-        games = [(qid, g[0]["verdict"], g[1]["verdict"])
-                 for qid, g in zip(data["ids"], judged, strict=True)]
-        battles = battles_from_games(games, setting, weight)
-        plain = arena_score(battles["scores"], setting, n_boot=n_boot, seed=seed)
-        style, reason = None, None
-        qids = battles["question_ids"]
-        if any(metas[s][k] is None for s in metas for k in qids):
-            reason = (f"token lengths unknown: the answer files carry no token_len and the "
-                      f"tiktoken encoding {ENCODING[setting]} could not be loaded (offline? set "
-                      "TIKTOKEN_CACHE_DIR to a folder holding it)")
-        else:
-            key = list(STYLE_KEYS)
-            feats = style_features(np.array([[metas["answers"][k][c] for c in key] for k in qids]),
-                                   np.array([[metas["baseline"][k][c] for c in key] for k in qids]),
-                                   setting)
-            style = arena_score(battles["scores"], setting, features=feats, n_boot=n_boot,
-                                seed=seed)
-        n_cached = sum(r["cached"] for r in rows)
-        run.log({"stage": "arenahard", "judge": built.spec, "setting": setting,
-                 "score": plain["score"], "requests": built.requests})
-        metrics = {"setting": setting, **{k: plain[k] for k in ("score", "ci_low", "ci_high",
-                                                                 "ci_level")},
-                   "score_method": plain["method"],
-                   "style_controlled_score": style and style["score"],
-                   "style_ci_low": style and style["ci_low"],
-                   "style_ci_high": style and style["ci_high"],
-                   "style_coefficients": style and style["style_coefficients"],
-                   "style_method": style and style["method"],
-                   "style_controlled_score_reason": reason,
-                   "n_questions": len(data["ids"]), "n_games": battles["n_games"],
-                   "n_unparsed": battles["n_unparsed"],
-                   "n_questions_dropped": battles["n_questions_dropped"],
-                   "n_battles": len(battles["scores"]), "missing_answers": data["missing"],
-                   "category": category if category is not None else
-                   (data["categories"][0] if len(data["categories"]) == 1 else None),
-                   "model": data["model"], "baseline_model": data["baseline_model"],
-                   "judge": identity(), "judge_requests": built.requests,
-                   "cached": n_cached, "n_boot": n_boot, "seed": seed, "weight": weight}
+        def _score_with(j, name: str) -> tuple[dict, list[dict]]:
+            def ask(messages: list[dict[str, str]]) -> tuple[str, bool]:
+                return j.reply(messages, template=template, max_tokens=budget)
+
+            def one(qid: str) -> list[dict]:
+                return _judge_question(ask, setting, data["questions"][qid],
+                                       data["answers"][qid]["answer"],
+                                       data["baseline"][qid]["answer"])
+
+            if workers > 1 and len(data["ids"]) > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    judged = list(pool.map(one, data["ids"]))
+            else:
+                judged = [one(qid) for qid in data["ids"]]
+            rows = []
+            for qid, games in zip(data["ids"], judged, strict=True):
+                names = ((data["baseline_model"], data["model"]), (data["model"],
+                                                                   data["baseline_model"]))
+                for g, (a, b) in zip(games, names, strict=True):
+                    rows.append({"question_id": qid, "category": data["questions"][qid]["category"],
+                                 "model_a": a, "model_b": b, **g})
+            run.write_rows(name, rows)
+            games = [(qid, g[0]["verdict"], g[1]["verdict"])
+                     for qid, g in zip(data["ids"], judged, strict=True)]
+            battles = battles_from_games(games, setting, weight)
+            plain = arena_score(battles["scores"], setting, n_boot=n_boot, seed=seed)
+            style, reason = None, None
+            qids = battles["question_ids"]
+            if any(metas[s][k] is None for s in metas for k in qids):
+                reason = (f"token lengths unknown: the answer files carry no token_len and the "
+                          f"tiktoken encoding {ENCODING[setting]} could not be loaded (offline? set "
+                          "TIKTOKEN_CACHE_DIR to a folder holding it)")
+            else:
+                key = list(STYLE_KEYS)
+                feats = style_features(np.array([[metas["answers"][k][c] for c in key] for k in qids]),
+                                       np.array([[metas["baseline"][k][c] for c in key] for k in qids]),
+                                       setting)
+                style = arena_score(battles["scores"], setting, features=feats, n_boot=n_boot,
+                                    seed=seed)
+            n_cached = sum(r["cached"] for r in rows)
+            run.log({"stage": "arenahard", "judge": j.spec, "setting": setting, "file": name,
+                     "score": plain["score"], "requests": j.requests})
+            metrics = {"setting": setting, **{k: plain[k] for k in ("score", "ci_low", "ci_high",
+                                                                     "ci_level")},
+                       "score_method": plain["method"],
+                       "style_controlled_score": style and style["score"],
+                       "style_ci_low": style and style["ci_low"],
+                       "style_ci_high": style and style["ci_high"],
+                       "style_coefficients": style and style["style_coefficients"],
+                       "style_method": style and style["method"],
+                       "style_controlled_score_reason": reason,
+                       "n_questions": len(data["ids"]), "n_games": battles["n_games"],
+                       "n_unparsed": battles["n_unparsed"],
+                       "n_questions_dropped": battles["n_questions_dropped"],
+                       "n_battles": len(battles["scores"]), "missing_answers": data["missing"],
+                       "category": category if category is not None else
+                       (data["categories"][0] if len(data["categories"]) == 1 else None),
+                       "model": data["model"], "baseline_model": data["baseline_model"],
+                       "judge": identity(j), "judge_requests": j.requests,
+                       "cached": n_cached, "n_boot": n_boot, "seed": seed, "weight": weight}
+            return metrics, rows
+
+        def build(spec: str, repeat: int):
+            if spec == judge and repeat == 0:
+                return built
+            return build_generative_judge(spec, what="Arena-Hard", cache=cache, repeat=repeat,
+                                          **judge_options)
+
+        metrics = run_judges(specs, repeats, build, once, figure="score")
         full = run.finish(metrics)
     return full, run.path
 
