@@ -153,3 +153,16 @@ TOY_SEQUENCES = textwrap.dedent("""\
         prompt = torch.randint(3, 64, (4,), generator=g)
         seqs.append(torch.cat([prompt, prompt]))
 """)
+
+
+def long_context_judge(folder: Path) -> Path:
+    """A tiny llama saved with room for a benchmark's judge prompt (AlpacaEval's, MT-Bench's and
+    Arena-Hard's run to thousands of the tiny tokenizer's byte tokens; rotary positions, so a
+    longer context needs no new weights): an offline ``llm:`` judge for end-to-end tests."""
+    from w2s.models import load_causal_lm
+
+    model, tok = load_causal_lm("tiny:llama-1x32", device="cpu", seed=0)
+    model.config.max_position_embeddings = tok.model_max_length = 8192
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -415,3 +415,21 @@ def test_two_judges_and_their_agreement_on_arena_hard(judge_server, tmp_path, ca
     assert pair["items"] == 8 - 1 and pair["agreement"] == 1.0  # MUTE's unparsed game: None
     assert rec["per_judge"][other]["median"] == m["score"]
     assert (tmp_path / "r" / "judgments-1-r0.jsonl").is_file()
+
+
+def test_a_local_judge_end_to_end_offline(tmp_path, capsys):
+    """Offline, local files, a local llm: judge: every game is judged; a tiny model names no
+    verdict, so every game is unparsed and counted, and the score says why it is missing."""
+    from helpers import long_context_judge
+
+    q, a, b = _files(tmp_path)
+    judge = f"llm:{long_context_judge(tmp_path / 'judge')}"
+    code, _, err = run_cli(["eval", "arenahard", "--answers", str(a), "--baseline", str(b),
+                            "--questions", str(q), "--judge", judge, "--max-tokens", "8",
+                            "--device", "cpu", "--run-dir", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n_games"] == 8 and len(read_jsonl(tmp_path / "run" / "judgments.jsonl")) == 8
+    assert m["judge"]["kind"] == "llm"
+    if m["n_unparsed"] == 8:
+        assert m["score"] is None and m["n_battles"] == 0

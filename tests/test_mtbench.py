@@ -400,3 +400,18 @@ def test_judge_repeats_on_mtbench(judge_server, files, tmp_path, capsys):
     assert per["values"] == [6.0, 6.0] and per["spread"] == 0.0 and m["mtbench_score"] == 6.0
     assert len(judge_server.payloads) == 8 and (run / "judgments-0-r1.jsonl").is_file()
     assert "mtbench_score by judge" in out
+
+
+def test_a_local_judge_grades_end_to_end_offline(files, tmp_path, capsys):
+    """Offline, local files, a local llm: judge: every turn is graded (a tiny model writes no
+    readable rating: each is counted as failed, none is dropped silently)."""
+    from helpers import long_context_judge
+
+    judge = f"llm:{long_context_judge(tmp_path / 'judge')}"
+    code, _, err = run_cli(mtbench_args(files, judge, tmp_path / "run", "--max-tokens", "8",
+                                        "--device", "cpu"), capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n"] == 4 and m["scored"] + m["failed"] == 4
+    assert len(read_jsonl(tmp_path / "run" / "judgments.jsonl")) == 4
+    assert m["judge"]["kind"] == "llm" and m["judge"]["decoding"] == "greedy"

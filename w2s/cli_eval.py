@@ -286,7 +286,7 @@ def eval_arenahard_cmd(
     if as_json:
         console.print_json(json.dumps(metrics))
         return
-    level = f"{round(100 * metrics['ci_level'])}% CI"
+    level = f"{round(100 * metrics['ci_level'])}% CI" if metrics["ci_level"] else "CI"
     table = Table(title=escape(f"Arena-Hard {setting}: {metrics['model']} vs "
                                f"{metrics['baseline_model']} ({judge})"))
     for col in ("score", level, "style-controlled", level, "questions", "battles",
@@ -303,7 +303,9 @@ def eval_arenahard_cmd(
                   f"{metrics['n_unparsed']} of {metrics['n_games']}")
     console.print(table)
     _print_robustness(metrics)
-    if metrics["style_controlled_score_reason"]:
+    if metrics.get("score_reason"):
+        console.print(f"[yellow]score: {escape(metrics['score_reason'])}[/yellow]")
+    elif metrics["style_controlled_score_reason"]:
         console.print(f"style control: {metrics['style_controlled_score_reason']}", markup=False)
     console.print(f"run: {escape(str(path))}")
 

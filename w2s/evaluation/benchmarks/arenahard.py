@@ -420,10 +420,20 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
             games = [(qid, g[0]["verdict"], g[1]["verdict"])
                      for qid, g in zip(data["ids"], judged, strict=True)]
             battles = battles_from_games(games, setting, weight)
-            plain = arena_score(battles["scores"], setting, n_boot=n_boot, seed=seed)
-            style, reason = None, None
+            style, reason, no_score = None, None, None
             qids = battles["question_ids"]
-            if any(metas[s][k] is None for s in metas for k in qids):
+            if not len(battles["scores"]):  # a judge that names no verdict: counted, not fatal
+                no_score = (f"no battles to score: {battles['n_unparsed']} of "
+                            f"{battles['n_games']} games had no verdict label the {setting} "
+                            "regex reads (judgments.jsonl has the replies)")
+                plain = {"score": None, "ci_low": None, "ci_high": None, "ci_level": None,
+                         "method": None}
+                reason = no_score
+            else:
+                plain = arena_score(battles["scores"], setting, n_boot=n_boot, seed=seed)
+            if no_score:
+                pass
+            elif any(metas[s][k] is None for s in metas for k in qids):
                 reason = (f"token lengths unknown: the answer files carry no token_len and the "
                           f"tiktoken encoding {ENCODING[setting]} could not be loaded (offline? set "
                           "TIKTOKEN_CACHE_DIR to a folder holding it)")
@@ -439,7 +449,7 @@ def eval_arenahard(answers: str | Path, baseline: str | Path, judge: str, *,
                      "score": plain["score"], "requests": j.requests})
             metrics = {"setting": setting, **{k: plain[k] for k in ("score", "ci_low", "ci_high",
                                                                      "ci_level")},
-                       "score_method": plain["method"],
+                       "score_method": plain["method"], "score_reason": no_score,
                        "style_controlled_score": style and style["score"],
                        "style_ci_low": style and style["ci_low"],
                        "style_ci_high": style and style["ci_high"],
