@@ -13,7 +13,9 @@ one seed their random draws line up:
 - :func:`best_of_n` -- N samples, each scored from scratch; the best one. Equal to CBS(1, N, inf).
 - :func:`plain_sample` -- one sample per prompt, no guide. Equal to CBS(1, 1, inf).
 - :func:`eft` -- emulated fine-tuning, token by token:
-  ``log p_base + beta (log p_tuned - log p_untuned)``, which needs one vocabulary for all three.
+  ``log p_base + beta (log p_tuned - log p_untuned)``, which needs one vocabulary for all three;
+  a preset of the logit-arithmetic engine (:mod:`w2s.methods.search.logits`), like proxy-tuning,
+  emulated disalignment and weak-to-strong jailbreaking.
 
 Each returns ``(results, traces)``: ``results[p]`` the chosen response of prompt p
 (``response``, ``finished``, ``tokens``, ``score``, ``logp_tuned``, ``logp_untuned``,
