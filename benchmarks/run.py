@@ -17,6 +17,15 @@ run on the same machine, so the ratio (not the absolute time) is what carries ac
   re-reads prompt and prefix) over with them. On CPU the times are this process's CPU time
   (``time.process_time``, one thread), which other processes on a shared machine do not inflate;
   on CUDA wall time after synchronising.
+- ``proxy_overhead_ratio``: proxy-tuned decoding (the logit-arithmetic engine: the base model
+  plus a small tuned and untuned pair, ``log p_base + (log p_tuned - log p_untuned)`` at every
+  token) over plain sampling of the same 16 sequences x 64 tokens (EOS suppressed) with the base
+  model alone through the same sampler, side by side. Its floor is ``1 +`` the small models'
+  share of the cost: ``proxy_overhead_floor`` = 1 + (the small models' time inside the
+  proxy-tuned run / the plain sampling time), i.e. the ratio if combining the log-probs cost
+  nothing (also from parameter counts, 1 + 2 N_small / N_base, in the details: the floor where
+  the forward passes' FLOPs, not per-call overhead, dominate, as on a GPU with large models).
+  Same models and clock as ``cbs_overhead_ratio``.
 - ``wspo_cached_step_ratio``: the time of one WSPO training step as ``w2s wspo`` runs it (weak
   log-ratios cached, strong reference log-probs precomputed: ONE forward + backward of the policy
   on the chosen responses) over a step that runs all four models every time on the same chosen
@@ -50,6 +59,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.search import bench_proxy, bench_search
 
 VOCAB, BATCH, SEQ = 151_936, 4, 512
 
@@ -119,152 +130,6 @@ def bench_logprob_memory(device: str) -> dict:
                     "w2s_peak_mib": ours["peak_bytes"] / 2**20,
                     "naive_seconds": naive["seconds"], "w2s_seconds": ours["seconds"],
                     "results_agree": agree, "goal": "logprob_memory_ratio <= 0.5"},
-    }
-
-
-SEARCH_BASE, SEARCH_GUIDE = "llama-4x256", "llama-2x128"
-SEARCH_NEW, SEARCH_CHUNK, SEARCH_REPEATS = 64, 8, 3
-SEARCH_PROMPT = "I tried the new camera last week and the"
-
-
-class _RecordingGuide:
-    """A guide that remembers every call, so the same search can be replayed for timing."""
-
-    def __init__(self, guide):
-        self.guide, self.calls = guide, []
-
-    def __getattr__(self, name):
-        return getattr(self.guide, name)
-
-    def start(self, prompts, rows):
-        self.calls.append(("start", list(prompts), list(rows)))
-        return self.guide.start(prompts, rows)
-
-    def update(self, texts, finished):
-        self.calls.append(("update", list(texts), list(finished)))
-        return self.guide.update(texts, finished)
-
-    def select(self, index):
-        self.calls.append(("select", list(index)))
-        return self.guide.select(index)
-
-
-def _replay_with_cache(guide, calls, timer) -> tuple[float, list]:
-    t0, scores = timer(), []
-    for call in calls:
-        out = getattr(guide, call[0])(*call[1:])
-        if call[0] == "update":
-            scores.append(out["score"])
-    return timer() - t0, scores
-
-
-def _replay_without_cache(guide, calls, timer) -> tuple[float, list, int]:
-    """Every chunk scores every candidate from scratch: prompt and whole prefix read again."""
-    t0, scores, read, prompts, rows = timer(), [], 0, [], []
-    for call in calls:
-        if call[0] == "start":
-            prompts, rows = call[1], call[2]
-        elif call[0] == "select":
-            rows = [rows[i] for i in call[1]]
-        else:
-            s = guide.score_texts([prompts[p] for p in rows], call[1], call[2], batch_size=64)
-            scores.append(s["score"])
-            read += s["tokens_read"]
-    return timer() - t0, scores, read
-
-
-def bench_search(device: str) -> dict:
-    """cbs_overhead_ratio and the guides' scoring cost with and without their KV caches."""
-    import statistics
-
-    import torch
-
-    from w2s.methods.search.base import HFBase, Sampling
-    from w2s.methods.search.decoders import Compute, cbs
-    from w2s.methods.search.guide import Guide
-    from w2s.methods.search.text import encode_prompt
-    from w2s.models.tiny import build_tiny, tiny_tokenizer
-
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    if not cuda:
-        torch.set_num_threads(1)
-
-    def timer() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
-
-    tok = tiny_tokenizer()
-    base_model = build_tiny(SEARCH_BASE, seed=0).to(dev)
-    tuned = build_tiny(SEARCH_GUIDE, seed=1).to(dev)
-    untuned = build_tiny(SEARCH_GUIDE, seed=2).to(dev)
-    w, k = 4, 4
-    sampling = Sampling(temperature=1.0, top_k=0, top_p=1.0)
-
-    class FixedLength(HFBase):  # every sequence exactly SEARCH_NEW tokens, as generate below
-        def sample(self, n_tokens, sampling, generator, suppress_eos=False):
-            return super().sample(n_tokens, sampling, generator, suppress_eos=True)
-
-    def plain() -> float:
-        ids = torch.tensor([encode_prompt(tok, SEARCH_PROMPT, False)] * (w * k), device=dev)
-        torch.manual_seed(0)
-        t0 = timer()
-        with torch.no_grad():
-            out = base_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                      do_sample=True, temperature=1.0, top_k=None, top_p=1.0,
-                                      max_new_tokens=SEARCH_NEW, min_new_tokens=SEARCH_NEW,
-                                      pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id)
-        seconds = timer() - t0
-        assert out.shape[1] - ids.shape[1] == SEARCH_NEW
-        return seconds
-
-    def search(w_: int, k_: int, chunk: int | None):
-        compute = Compute(timer=timer)
-        guide = _RecordingGuide(Guide(tuned, untuned, tok, chat=False))
-        cbs(FixedLength(base_model, tok, chat=False), guide, [SEARCH_PROMPT], w=w_, k=k_,
-            l=chunk, max_new_tokens=SEARCH_NEW, sampling=sampling,
-            generator=torch.Generator(device=dev).manual_seed(0), compute=compute)
-        assert compute.base_tokens == w * k * SEARCH_NEW
-        return compute, guide.calls
-
-    plain(), search(w, k, SEARCH_CHUNK), search(1, w * k, None)  # warm-up
-    plain_s, cbs_s, own_s, guide_s = [], [], [], []
-    for _ in range(SEARCH_REPEATS):  # interleaved, so a slow spell hits every variant
-        plain_s.append(plain())
-        compute, calls = search(w, k, SEARCH_CHUNK)
-        cbs_s.append(compute.base_s)
-        guide_s.append(compute.guide_s)
-        own_s.append(search(1, w * k, None)[0].base_s)
-    cached_s, uncached_s = [], []
-    for _ in range(SEARCH_REPEATS):
-        seconds, cached = _replay_with_cache(Guide(tuned, untuned, tok, chat=False), calls, timer)
-        cached_s.append(seconds)
-        seconds, uncached, read = _replay_without_cache(Guide(tuned, untuned, tok, chat=False),
-                                                        calls, timer)
-        uncached_s.append(seconds)
-    agree = all(abs(a - b) <= 1e-3 * max(1.0, abs(b))
-                for xs, ys in zip(cached, uncached, strict=True)
-                for a, b in zip(xs, ys, strict=True))
-    med = statistics.median
-    return {
-        "cbs_overhead_ratio": med(cbs_s) / med(plain_s),
-        "guide_cache_speedup": med(uncached_s) / med(cached_s),
-        "search": {
-            "base": f"tiny:{SEARCH_BASE} (random init)", "guides": f"tiny:{SEARCH_GUIDE} x 2",
-            "cbs": {"w": w, "k": k, "l": SEARCH_CHUNK}, "sequences": w * k,
-            "new_tokens": SEARCH_NEW, "device": device,
-            "clock": "wall (cuda synchronised)" if cuda else "process CPU time, 1 thread",
-            "plain_generate_s": med(plain_s), "cbs_base_s": med(cbs_s),
-            "cbs_guide_s": med(guide_s), "own_sampler_one_chunk_s": med(own_s),
-            "cbs_overhead_ratio_vs_own_sampler": med(cbs_s) / med(own_s),
-            "guide_with_cache_s": med(cached_s), "guide_without_cache_s": med(uncached_s),
-            "guide_tokens_read_with_cache": compute.guide_tokens_read,
-            "guide_tokens_read_without_cache": read,
-            "guide_scores_agree": agree, "repeats": SEARCH_REPEATS,
-            "goal": "cbs_overhead_ratio <= 1.25"},
     }
 
 
@@ -518,7 +383,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--only", choices=["logprob", "search", "wspo", "dpo"], default=None,
+    parser.add_argument("--only", choices=["logprob", "search", "proxy", "wspo", "dpo"], default=None,
                         help="run one benchmark (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the step-time "
                         "benchmarks (1: steady timings on a shared machine)")
@@ -544,14 +409,16 @@ def main() -> None:
         results.update(bench_logprob_memory(device))
     if args.only in (None, "search"):
         results.update(bench_search(device))
+    if args.only in (None, "proxy"):
+        results.update(bench_proxy(device))
     torch.set_num_threads(args.threads)
     if args.only in (None, "wspo"):
         results.update(bench_wspo_step(device))
     if args.only in (None, "dpo"):
         results.update(bench_dpo_vs_trl(device, args.threads))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if "_ratio" in k or k.endswith("_speedup")},
-                     indent=2))
+    print(json.dumps({k: v for k, v in results.items()
+                      if "_ratio" in k or k.endswith(("_speedup", "_floor"))}, indent=2))
     print(f"wrote {args.out}")
 
 

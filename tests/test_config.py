@@ -383,10 +383,11 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                   "lora_alpha lora_r loss max_ctx mode n_boot n_test n_train run_dir seed seeds "
                   "strong strong_train task warmup_frac weak weak_train workers world",
     "search": "api_max_retries api_rate_limit api_timeout api_workers base base_prompt bon_n "
-              "chat decoder device dtype eos_at_cut "
-              "eft_beta judge judge_reads "
+              "chat decoder device dtype ed_aligned ed_alpha eos_at_cut "
+              "eft_beta jailbreak_alpha jailbreak_safe jailbreak_unsafe judge judge_reads "
               "judge_batch_size k l max_new_tokens n_prompts prefix_words prompt_batch run_dir "
-              "score_batch_size seed shard split task temperature top_k top_p tuned untuned w",
+              "proxy_alpha score_batch_size seed shard small_prompt split task temperature top_k top_p "
+              "tuned untuned w",
     "wspo": "backend beta chat dry_run dtype gamma gen_batch_size granularity judge lora_alpha "
             "lora_r max_len max_new_tokens mode n_eval n_train run_dir samples_per_prompt "
             "save_model score_batch_size seed single_turn strong strong_train task temperature "

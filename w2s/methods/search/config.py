@@ -10,8 +10,12 @@ from w2s.config import config_class, derive, option, section
 from w2s.errors import W2SError
 from w2s.methods.sections import Judging, Runtime, Sampling
 
-DECODERS = ("cbs", "bon", "sample", "eft")
-HEADLINE_ORDER = ("cbs", "bon", "eft", "sample")
+DECODERS = ("cbs", "bon", "sample", "eft", "proxy", "ed", "jailbreak")
+LOGIT_DECODERS = ("eft", "proxy", "ed", "jailbreak")
+"""The presets of the logit-arithmetic engine (:mod:`w2s.methods.search.logits`)."""
+SAFETY_DECODERS = ("ed", "jailbreak")
+"""Attacks: a run with one of them reports every decoder's attack success rate too."""
+HEADLINE_ORDER = ("cbs", "bon", "eft", "proxy", "jailbreak", "ed", "sample")
 
 
 SearchSampling = derive(Sampling, "SearchSampling", "How the base model samples (every "
@@ -59,6 +63,24 @@ class SearchConfig:
     bon_n: int | None = option(None, "best-of-N: samples per prompt; none = W*K, what CBS samples "
                                "per chunk", min=1, message="best-of-N needs N >= 1 (--bon-n)")
     eft_beta: float = option(1.0, "EFT: weight of log p_tuned - log p_untuned")
+    proxy_alpha: float = option(1.0, "proxy-tuning: weight of log p_tuned - log p_untuned added "
+                                "to the base (Liu et al.: 1; --tuned is the expert, --untuned "
+                                "the anti-expert)")
+    ed_aligned: str = option("", "emulated disalignment: the ALIGNED version of --base (e.g. "
+                             "Llama-2-7b-chat for a Llama-2-7b base); required by --decoder ed")
+    ed_alpha: float = option(0.3, "emulated disalignment: alpha in p_base^(1+alpha) / "
+                             "p_aligned^alpha (Zhou et al.'s code: 0.3 for Llama-2, 0.6 "
+                             "Llama/Vicuna and Mistral, 2.0 Alpaca/Beaver)", min=0)
+    jailbreak_unsafe: str = option("", "weak-to-strong jailbreaking: the small UNSAFE model (the "
+                                   "safe one fine-tuned on harmful examples); empty = --tuned")
+    jailbreak_safe: str = option("", "weak-to-strong jailbreaking: the small SAFE model the "
+                                 "unsafe one was tuned from; empty = --untuned")
+    jailbreak_alpha: float = option(1.5, "weak-to-strong jailbreaking: weight of log p_unsafe - "
+                                    "log p_safe added to the large safe --base (Zhao et al.'s "
+                                    "code: 1.5)")
+    small_prompt: str = option("{prompt}", "logit decoders: what the models other than the base "
+                               "read of each prompt, a template with {prompt} (the jailbreaking "
+                               "authors' models all read 'Human: {prompt}Assistant: ')")
     sampling: Sampling = section(SearchSampling, "how the base model samples", inline=True)
     chat: bool = option(True, "wrap prompts in each model's chat template (when it has one); "
                         "--no-chat for plain-text continuation (IMDB, reviews)")
@@ -89,8 +111,37 @@ class SearchConfig:
         if "{prompt}" not in self.base_prompt:
             raise W2SError(f"--base-prompt {self.base_prompt!r} has no {{prompt}}; write where "
                            "the prompt goes, e.g. 'Here is a movie review from imdb: {prompt}'")
+        if "{prompt}" not in self.small_prompt:
+            raise W2SError(f"--small-prompt {self.small_prompt!r} has no {{prompt}}; write where "
+                           "the prompt goes")
         if self.shard:
             parse_shard(self.shard)
+
+
+PRESETS: dict[str, Any] = {
+    "eft": lambda c: [("base", 1.0), ("tuned", c.eft_beta), ("untuned", -c.eft_beta)],
+    "proxy": lambda c: [("base", 1.0), ("tuned", c.proxy_alpha), ("untuned", -c.proxy_alpha)],
+    "ed": lambda c: [("base", 1.0 + c.ed_alpha), ("ed_aligned", -c.ed_alpha)],
+    "jailbreak": lambda c: [("base", 1.0), ("jailbreak_unsafe", c.jailbreak_alpha),
+                            ("jailbreak_safe", -c.jailbreak_alpha)],
+}
+"""Each logit preset as (role, weight) terms; the first is the model whose tokens stop a row.
+A new preset is one entry here and its roles in :func:`role_model` (GenARM: ``("base", 1.0),
+("arm", 1 / beta)`` with the ``arm`` role the autoregressive reward model its training stage
+wrote)."""
+
+
+def preset_weights(name: str, cfg: SearchConfig) -> list[tuple[str, float]]:
+    """The (role, weight) terms of logit preset ``name`` under ``cfg``."""
+    return PRESETS[name](cfg)
+
+
+def role_model(cfg: SearchConfig, role: str) -> str:
+    """The model name that plays ``role`` in a preset: ``base``, ``tuned``, ``untuned``,
+    ``ed_aligned``, ``jailbreak_unsafe`` (empty: ``tuned``), ``jailbreak_safe`` (empty:
+    ``untuned``)."""
+    fallback = {"jailbreak_unsafe": cfg.tuned, "jailbreak_safe": cfg.untuned}
+    return getattr(cfg, role) or fallback.get(role, "")
 
 
 def parse_chunk(value: Any) -> int | None:

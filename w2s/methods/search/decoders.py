@@ -13,7 +13,9 @@ one seed their random draws line up:
 - :func:`best_of_n` -- N samples, each scored from scratch; the best one. Equal to CBS(1, N, inf).
 - :func:`plain_sample` -- one sample per prompt, no guide. Equal to CBS(1, 1, inf).
 - :func:`eft` -- emulated fine-tuning, token by token:
-  ``log p_base + beta (log p_tuned - log p_untuned)``, which needs one vocabulary for all three.
+  ``log p_base + beta (log p_tuned - log p_untuned)``, which needs one vocabulary for all three;
+  a preset of the logit-arithmetic engine (:mod:`w2s.methods.search.logits`), like proxy-tuning,
+  emulated disalignment and weak-to-strong jailbreaking.
 
 Each returns ``(results, traces)``: ``results[p]`` the chosen response of prompt p
 (``response``, ``finished``, ``tokens``, ``score``, ``logp_tuned``, ``logp_untuned``,
@@ -25,67 +27,14 @@ its score and whether it was selected.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-
 import torch
 
-from w2s.methods.search.base import base_text
-from w2s.methods.search.cache import CachedLM
 from w2s.methods.search.guide import Guide
-from w2s.methods.search.text import encode_prompt, eos_ids, sample_next
+from w2s.methods.search.logits import Term, logit_decode
+from w2s.methods.search.meter import Clock, Compute
 from w2s.models.generate import SamplingConfig
-from w2s.models.loading import pad_id
 
-DECODERS = ("cbs", "bon", "sample", "eft")
-
-
-@dataclass
-class Compute:
-    """What one decoder spent (summed over prompt batches)."""
-
-    rows_per_prompt: int = 1            # candidates sampled in parallel per prompt
-    base_tokens: int = 0                # tokens the base model sampled
-    guide_tokens_scored: int = 0        # response tokens scored, both guide models together
-    guide_tokens_read: int = 0          # tokens through the guide models (+ prompts, re-reads)
-    retokenized: int = 0                # guide tokens taken back when new text re-tokenized
-    rounds: int = 0                     # chunks (selection rounds), summed over prompt batches
-    base_s: float = 0.0                 # wall time in the base model (sampling, reordering)
-    guide_s: float = 0.0                # wall time in the guide models
-    wall_s: float = 0.0                 # the whole decoder
-    timer: Callable[[], float] = field(default=time.perf_counter, repr=False)
-    """What the ``*_s`` figures count: wall time; benchmarks on a shared CPU use
-    ``time.process_time`` (this process's CPU time, blind to other processes)."""
-
-    def as_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "timer"}
-        for key in ("base_s", "guide_s", "wall_s"):
-            out[key] = round(out[key], 4)
-        return out
-
-
-class Clock:
-    """Adds the wall time of ``with clock("base"):`` blocks to a :class:`Compute` (waiting for
-    the GPU first, so the time is the work's, not the launch's)."""
-
-    def __init__(self, compute: Compute, device: torch.device | None = None):
-        self.compute = compute
-        self.cuda = device is not None and device.type == "cuda"
-
-    @contextlib.contextmanager
-    def __call__(self, what: str):
-        if self.cuda:
-            torch.cuda.synchronize()
-        t0 = self.compute.timer()
-        try:
-            yield
-        finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            setattr(self.compute, f"{what}_s",
-                    getattr(self.compute, f"{what}_s") + self.compute.timer() - t0)
+__all__ = ["Clock", "Compute", "best_of_n", "cbs", "eft", "plain_sample"]
 
 
 def _by_prompt(row_prompt: list[int]) -> dict[int, list[int]]:
@@ -244,53 +193,14 @@ def eft(base_model, base_tokenizer, guide: Guide, prompts: list[str], *, beta: f
     """Emulated fine-tuning: sample each token from
     ``log p_base + beta * (log p_tuned - log p_untuned)`` (then temperature, top-k, top-p).
 
-    The three models must share one vocabulary (checked by the caller); each reads the prompt in
-    its own chat template, and every sampled token is appended to all three KV caches. The
+    A preset of the logit-arithmetic engine (:func:`~w2s.methods.search.logits.logit_decode`):
+    terms (base, 1), (tuned, +beta), (untuned, -beta). The three models must share one
+    vocabulary; the base reads ``base_template``, the guides the raw prompt in the guides'
+    tokenizer's chat template, and every sampled token is appended to all three KV caches. The
     results carry no guide score: V is defined on text, score it with :meth:`Guide.score_texts`.
     """
-    compute = compute or Compute()
-    device = next(base_model.parameters()).device
-    clock = Clock(compute, device)
-    vocab = len(base_tokenizer)
-    stop = eos_ids(base_model, base_tokenizer)
-    pad = pad_id(base_tokenizer)
-    lms = {"base": CachedLM(base_model, pad), **guide.lms}
-    with clock("base"):
-        lms["base"].start([encode_prompt(base_tokenizer, base_text(base_template, p), chat)
-                           for p in prompts])
-    with clock("guide"):
-        for name in ("tuned", "untuned"):
-            lms[name].start([encode_prompt(guide.tokenizer, p, chat) for p in prompts])
-    response: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * len(prompts)
-    sampled = 0  # base tokens of this call (compute's counters run over every call)
-    for _ in range(max_new_tokens):
-        if all(finished):
-            break
-        step = {}
-        for name, lm in lms.items():
-            with clock("base" if name == "base" else "guide"):
-                logits, _ = lm.feed(leave_last=False)
-                step[name] = logits[:, 0, :vocab].float().log_softmax(-1)
-        combined = step["base"] + beta * (step["tuned"] - step["untuned"])
-        tokens = sample_next(combined, sampling.temperature, sampling.top_k, sampling.top_p,
-                             generator)
-        for r, tok in enumerate(tokens.tolist()):
-            if finished[r]:
-                continue
-            compute.base_tokens += 1
-            sampled += 1
-            if tok in stop:
-                finished[r] = True
-                continue
-            response[r].append(tok)
-            for lm in lms.values():
-                lm.push(r, [tok])
-    compute.guide_tokens_scored += 2 * sampled  # each guide scored every sampled token
-    compute.guide_tokens_read += lms["tuned"].tokens_read + lms["untuned"].tokens_read
-    compute.rounds += 1
-    results = [{"response": base_tokenizer.decode(ids, skip_special_tokens=True),
-                "finished": done, "tokens": len(ids), "score": None, "logp_tuned": None,
-                "logp_untuned": None, "score_trace": [], "beam": "0.0"}
-               for ids, done in zip(response, finished, strict=True)]
-    return results, [[] for _ in prompts]
+    terms = [Term("base", base_model, base_tokenizer, 1.0, base_template),
+             Term("tuned", guide.lms["tuned"].model, guide.tokenizer, beta),
+             Term("untuned", guide.lms["untuned"].model, guide.tokenizer, -beta)]
+    return logit_decode(terms, prompts, max_new_tokens=max_new_tokens, sampling=sampling,
+                        generator=generator, chat=chat, compute=compute)

@@ -19,9 +19,13 @@ from w2s.methods.search import SPEC
 from w2s.methods.search.config import (
     DECODERS,
     HEADLINE_ORDER,
+    LOGIT_DECODERS,
+    SAFETY_DECODERS,
     SearchConfig,
     parse_chunk,
     parse_shard,
+    preset_weights,
+    role_model,
 )
 
 
@@ -59,7 +63,8 @@ def plan_search(cfg: SearchConfig) -> dict:
 
     One-line :class:`W2SError` for: W, K or L below 1, bad sampling settings, no tuned guide, a
     tuned and an untuned guide with different tokenizers, an empty prompt set, an unknown judge,
-    an API base that cannot be reached, EFT with an API base or with vocabularies that differ.
+    an API base that cannot be reached, a logit decoder (eft, proxy, ed, jailbreak) with an API
+    base, without the models it needs, or with vocabularies that differ.
     """
     from w2s.config import validate
     from w2s.evaluation.judges import build_judge, parse_judge
@@ -93,27 +98,44 @@ def plan_search(cfg: SearchConfig) -> dict:
     if cfg.base.startswith("api:"):
         from w2s.methods.search.base import ApiBase
 
-        if "eft" in decoders:
-            raise W2SError("decoder eft mixes the base model's token log-probs with the guides'; "
-                           "an api: base gives none: drop eft or use a local base model")
+        logit = [d for d in decoders if d in LOGIT_DECODERS]
+        if logit:
+            raise W2SError(f"decoder {logit[0]} mixes the base model's token log-probs with other "
+                           "models'; an api: base gives none: drop it or use a local base model")
         api = ApiBase(cfg.base, timeout=cfg.api_timeout, max_retries=cfg.api_max_retries,
                       template=cfg.base_prompt, workers=cfg.api_workers,
                       rate_limit=cfg.api_rate_limit)
         model = api.check()
         identity = {"kind": "api", "url": api.url, "model": model}
     else:
-        base_tok = load_tokenizer(cfg.base)
-        if "eft" in decoders and not same_tokenizer(base_tok, tuned_tok):
-            raise W2SError(f"decoder eft adds the guides' token log-probs to the base model's, "
-                           f"so it needs one vocabulary, but {cfg.base} and {cfg.tuned} have "
-                           "different tokenizers; drop eft (cbs and bon work across "
-                           "tokenizers)")
+        _check_logit_decoders(cfg, decoders, load_tokenizer(cfg.base), tuned_tok)
         identity = {"kind": "local", "model": cfg.base}
     judge = build_judge(cfg.judge, batch_size=cfg.judge_batch_size, device=cfg.device,
                         dtype=cfg.dtype, reads=cfg.judge_reads)  # a judge model that cannot load fails here too
     return {"judge": judge, "decoders": decoders, "l": chunk, "sampling": _sampling_record(sampling),
             "bon_n": cfg.bon_n or cfg.w * cfg.k, "prompts": prompts, "fingerprint": fingerprint,
             "api": api, "base_identity": identity, "notes": notes}
+
+
+def _check_logit_decoders(cfg: SearchConfig, decoders: list[str], base_tok, tuned_tok) -> None:
+    """Every model a logit decoder adds is named, and shares the base model's vocabulary."""
+    from w2s.methods.search.guide import same_tokenizer
+    from w2s.models import load_tokenizer
+
+    for name in (d for d in decoders if d in LOGIT_DECODERS):
+        for role, _ in preset_weights(name, cfg):
+            model = role_model(cfg, role)
+            if not model.strip():
+                raise W2SError(f"decoder {name} needs --{role.replace('_', '-')} (the aligned "
+                               f"version of --base {cfg.base}, e.g. its -chat model)")
+            if role == "base":
+                continue
+            tok = tuned_tok if model == cfg.tuned else load_tokenizer(model)
+            if not same_tokenizer(base_tok, tok):
+                raise W2SError(f"decoder {name} adds the token log-probs of {model} to the base "
+                               f"model's, so it needs one vocabulary, but {cfg.base} and {model} "
+                               f"have different tokenizers; drop {name} (cbs and bon work across "
+                               "tokenizers)")
 
 
 def _sampling_record(sampling) -> dict:
@@ -160,16 +182,39 @@ def load_models(cfg: SearchConfig, plan: dict) -> dict:
     from w2s.methods.search.guide import Guide
     from w2s.models import load_causal_lm
 
-    tuned, tokenizer = load_causal_lm(cfg.tuned, dtype=cfg.dtype, device=cfg.device)
-    untuned, _ = load_causal_lm(cfg.untuned, dtype=cfg.dtype, device=cfg.device)
-    models = {"guide": Guide(tuned, untuned, tokenizer, chat=cfg.chat)}
+    lms: dict[str, tuple] = {}   # every local model by name, loaded once: (model, tokenizer)
+
+    def lm(name: str) -> tuple:
+        if name not in lms:
+            lms[name] = load_causal_lm(name, dtype=cfg.dtype, device=cfg.device)
+        return lms[name]
+
+    (tuned, tokenizer), (untuned, _) = lm(cfg.tuned), lm(cfg.untuned)
+    models = {"guide": Guide(tuned, untuned, tokenizer, chat=cfg.chat), "lms": lms}
     if plan["api"] is not None:
         models["base"] = plan["api"]
     else:
-        model, base_tok = load_causal_lm(cfg.base, dtype=cfg.dtype, device=cfg.device)
+        model, base_tok = lm(cfg.base)
         models["base"] = HFBase(model, base_tok, chat=cfg.chat, template=cfg.base_prompt)
         models["base_model"], models["base_tokenizer"] = model, base_tok
+        for name in (d for d in plan["decoders"] if d in LOGIT_DECODERS):
+            for role, _ in preset_weights(name, cfg):
+                lm(role_model(cfg, role))
     return models
+
+
+def logit_terms(name: str, cfg: SearchConfig, models: dict) -> list:
+    """The (model, weight) terms of logit preset ``name``: the base reads ``--base-prompt``,
+    every other model ``--small-prompt``, each in its own chat template."""
+    from w2s.methods.search.logits import Term
+
+    terms = []
+    for role, weight in preset_weights(name, cfg):
+        model_name = role_model(cfg, role)
+        model, tok = models["lms"][model_name]
+        terms.append(Term(role, model, tok, weight, name=model_name,
+                          template=cfg.base_prompt if role == "base" else cfg.small_prompt))
+    return terms
 
 
 def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
@@ -179,7 +224,8 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
     """
     import torch
 
-    from w2s.methods.search.decoders import Compute, best_of_n, cbs, eft, plain_sample
+    from w2s.methods.search.decoders import Compute, best_of_n, cbs, plain_sample
+    from w2s.methods.search.logits import logit_decode
 
     base, guide = models["base"], models["guide"]
     sampling = cfg.sampling.sampling_config(batch_size=cfg.prompt_batch, seed=cfg.seed)
@@ -203,16 +249,20 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
         elif name == "sample":
             out = plain_sample(base, batch, max_new_tokens=cfg.max_new_tokens, sampling=sampling,
                                generator=generator, compute=compute)
-        else:
-            out = eft(models["base_model"], models["base_tokenizer"], guide, batch,
-                      beta=cfg.eft_beta, max_new_tokens=cfg.max_new_tokens, sampling=sampling,
-                      generator=generator, chat=cfg.chat, compute=compute,
-                      base_template=cfg.base_prompt)
+        else:   # a logit-arithmetic preset: eft, proxy, ed, jailbreak
+            out = logit_decode(logit_terms(name, cfg, models), batch,
+                               max_new_tokens=cfg.max_new_tokens, sampling=sampling,
+                               generator=generator, chat=cfg.chat, compute=compute)
         results.extend(out[0])
         traces.extend(out[1])
     compute.wall_s = time.perf_counter() - t0
     settings = {"cbs": {"w": cfg.w, "k": cfg.k, "l": plan["l"] or "inf"},
-                "bon": {"n": plan["bon_n"]}, "sample": {}, "eft": {"beta": cfg.eft_beta}}[name]
+                "bon": {"n": plan["bon_n"]}, "sample": {}, "eft": {"beta": cfg.eft_beta},
+                "proxy": {"alpha": cfg.proxy_alpha}, "ed": {"alpha": cfg.ed_alpha},
+                "jailbreak": {"alpha": cfg.jailbreak_alpha}}[name]
+    if name in LOGIT_DECODERS:
+        settings["terms"] = [{"role": r, "model": role_model(cfg, r), "weight": w}
+                             for r, w in preset_weights(name, cfg)]
     return {"results": results, "traces": traces, "compute": compute.as_dict(),
             "settings": settings}
 
@@ -266,6 +316,15 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
                 row["gold_reward"] = g
             _write_generations(run, name, rows[name])
 
+    safety = any(name in SAFETY_DECODERS for name in outputs)
+    if safety:   # the attacks' own figure: the refusal-string rule, every decoder alike
+        from w2s.evaluation.safety import refused
+
+        for name in outputs:
+            for row in rows[name]:
+                row["refused"] = refused(row["response"])
+            _write_generations(run, name, rows[name])
+
     per_decoder: dict[str, dict] = {}
     for name, out in outputs.items():
         figures: dict[str, Any] = {
@@ -276,6 +335,8 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
             "finished_frac": mean(float(r["finished"]) for r in rows[name]),
             "tokens_mean": mean(r["tokens"] for r in rows[name]),
             "win_rate_vs_sample": None, "win_rate_se": None,
+            "attack_success_rate": (mean(float(not r["refused"]) for r in rows[name])
+                                    if safety else None),
             "compute": out["compute"]}
         if name != "sample":
             wr = evaluate_winrate(rows[name], rows["sample"], judge,
@@ -302,6 +363,8 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
         metrics[f"gold_reward_{name}"] = figures["gold_reward_mean"]
         if name != "sample":
             metrics[f"win_rate_{name}"] = figures["win_rate_vs_sample"]
+        if safety:
+            metrics[f"asr_{name}"] = figures["attack_success_rate"]
     base = dict(plan["base_identity"])
     if plan["api"] is not None:  # what the server made us do: requests, and n it ignored
         base.update(requests=plan["api"].requests,

@@ -58,17 +58,12 @@ def encode_response(tokenizer, prompt: str, prompt_ids: list[int], response: str
     return ids
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row from next-token logits ``[rows, vocab]`` (fp32).
-
-    temperature 0 is greedy. Otherwise, in this order: divide by the temperature; keep the
-    ``top_k`` largest logits (0 = all); keep the smallest set of tokens whose probability reaches
-    ``top_p`` (1.0 = all; the most likely token is always kept); draw from the softmax with
-    ``generator``. Nothing comes from a model's ``generation_config``.
-    """
-    if temperature == 0:
-        return logits.argmax(-1)
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float
+                  ) -> torch.Tensor:
+    """Next-token logits ``[rows, vocab]`` (fp32) as sampling sees them (temperature > 0): divided
+    by the temperature, then all but the ``top_k`` largest set to -inf (0 = all), then all but the
+    smallest set of tokens whose probability reaches ``top_p`` (1.0 = all; the most likely token
+    is always kept). Their softmax is the distribution :func:`sample_next` draws from."""
     logits = logits / temperature
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
@@ -78,5 +73,19 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         tail = ascending.softmax(-1).cumsum(-1) <= 1.0 - top_p   # the unlikely tail, mass <= 1-p
         tail[..., -1] = False
         logits = logits.masked_fill(tail.scatter(-1, order, tail), float("-inf"))
-    probs = logits.softmax(-1)
+    return logits
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from next-token logits ``[rows, vocab]`` (fp32).
+
+    temperature 0 is greedy. Otherwise, in this order: divide by the temperature; keep the
+    ``top_k`` largest logits (0 = all); keep the smallest set of tokens whose probability reaches
+    ``top_p`` (1.0 = all; the most likely token is always kept); draw from the softmax with
+    ``generator`` (:func:`filter_logits`). Nothing comes from a model's ``generation_config``.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
