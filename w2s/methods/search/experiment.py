@@ -76,8 +76,8 @@ def plan_search(cfg: SearchConfig) -> dict:
 
     One-line :class:`W2SError` for: W, K or L below 1, bad sampling settings, no tuned guide, a
     tuned and an untuned guide with different tokenizers, an empty prompt set, an unknown judge,
-    an API base that cannot be reached, a logit decoder (eft, proxy, ed, jailbreak) with an API
-    base, without the models it needs, or with vocabularies that differ; genarm without a
+    an API base that cannot be reached, a logit decoder (eft, proxy, genarm, ed, jailbreak) with
+    an API base, without the models it needs, or with vocabularies that differ; genarm without a
     preference task (:func:`~w2s.methods.search.genarm.plan_arm`).
     """
     from w2s.config import validate
