@@ -384,7 +384,9 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                   "strong strong_train task warmup_frac weak weak_train workers world",
     "search": "api_max_retries api_rate_limit api_timeout api_workers base base_prompt bon_n "
               "chat decoder device dtype ed_aligned ed_alpha eos_at_cut "
-              "eft_beta jailbreak_alpha jailbreak_safe jailbreak_unsafe judge judge_reads "
+              "eft_beta genarm_alpha genarm_beta_r genarm_init genarm_max_len genarm_model "
+              "genarm_n genarm_split genarm_task genarm_train "
+              "jailbreak_alpha jailbreak_safe jailbreak_unsafe judge judge_reads "
               "judge_batch_size k l max_new_tokens n_prompts prefix_words prompt_batch run_dir "
               "proxy_alpha score_batch_size seed shard small_prompt split task temperature top_k top_p "
               "tuned untuned w",

@@ -9,7 +9,14 @@ import torch
 from w2s.errors import W2SError
 from w2s.models import LoraSettings, load_causal_lm, load_classifier, tiny_tokenizer
 from w2s.train import TrainConfig
-from w2s.train.losses import dpo_loss, reward_model_loss, sft_loss, simpo_loss, wspo_loss
+from w2s.train.losses import (
+    arm_loss,
+    dpo_loss,
+    reward_model_loss,
+    sft_loss,
+    simpo_loss,
+    wspo_loss,
+)
 from w2s.train.preference import (
     collate,
     collate_pairs,
@@ -53,6 +60,23 @@ def test_simpo_by_hand():
     loss = simpo_loss(torch.tensor([-1.0, -0.5]), torch.tensor([-1.5, -2.0]), beta=2.0, gamma=1.0)
     assert loss[0].item() == pytest.approx(math.log(2.0), abs=1e-6)
     assert loss[1].item() == pytest.approx(-_logsig(2.0), abs=1e-6)
+
+
+def test_arm_loss_by_hand():
+    """GenARM: -log sigmoid(beta (log pi(w) - log pi(l)) - gamma), summed log-probs, no reference."""
+    # beta 0.05 * (-20 - -30) = 0.5 ; beta 0.05 * (-40 - -30) = -0.5
+    loss = arm_loss(torch.tensor([-20.0, -40.0]), torch.tensor([-30.0, -30.0]), beta=0.05)
+    assert loss[0].item() == pytest.approx(math.log(1 + math.exp(-0.5)), abs=1e-6)  # 0.474077
+    assert loss[1].item() == pytest.approx(math.log(1 + math.exp(0.5)), abs=1e-6)   # 0.974077
+    assert loss[0].item() == pytest.approx(0.474077, abs=1e-6)
+    # equal log-probs: log 2 at any beta; a target margin gamma shifts the logit
+    assert arm_loss(torch.tensor([-5.0]), torch.tensor([-5.0]), beta=3.0).item() == \
+        pytest.approx(math.log(2.0), abs=1e-6)
+    assert arm_loss(torch.tensor([-1.0]), torch.tensor([-11.0]), beta=0.1, gamma=1.0).item() == \
+        pytest.approx(math.log(2.0), abs=1e-6)
+    # unlike SimPO the log-probs are not divided by length: SimPO on per-token means differs
+    assert simpo_loss(torch.tensor([-20.0 / 10]), torch.tensor([-30.0 / 5]), beta=0.05,
+                      gamma=0.0).item() != pytest.approx(loss[0].item(), abs=1e-3)
 
 
 def test_wspo_token_level_by_hand():
@@ -182,17 +206,23 @@ def _mean_margin(model, tok, rows):
     return sum(a - b for a, b in zip(c, r, strict=True)) / len(c)
 
 
-@pytest.mark.parametrize("objective", ["dpo", "simpo"])
-def test_preference_training_raises_the_margin(objective, tmp_path):
+@pytest.mark.parametrize("objective, beta", [("dpo", None), ("simpo", None), ("arm", 0.5)])
+def test_preference_training_raises_the_margin(objective, beta, tmp_path):
+    """(the ARM's reward is its whole, unnormalised log-prob: the rejected answer here is half as
+    long, so chosen starts ~62 nats behind and 12 steps close only part of it (to ~46): its
+    margin must rise, not yet turn positive)"""
     model, tok = load_causal_lm("tiny:llama-1x32", lora=LoraSettings(r=8))
     before = _mean_margin(model, tok, ROWS)
     logs = []
     config = TrainConfig(lr=2e-2, batch_size=8, micro_batch_size=4, max_steps=12, seed=0)
-    result = train_dpo(model, tok, ROWS, config, objective=objective, ftx=0.2,
-                       checkpoint_dir=tmp_path / "ck", log=logs.append, progress=False)
+    result = train_dpo(model, tok, ROWS, config, objective=objective, beta=beta,
+                       ftx=0.2 if objective == "dpo" else 0.0, checkpoint_dir=tmp_path / "ck", log=logs.append, progress=False)
     assert result.steps == 12
     assert _mean_margin(model, tok, ROWS) > before + 1.0
-    assert logs[-1]["reward_accuracy"] == 1.0 and logs[-1]["reward_margin"] > 0
+    if objective == "arm":
+        assert logs[-1]["reward_margin"] > beta * (before + 10)
+    else:
+        assert logs[-1]["reward_accuracy"] == 1.0 and logs[-1]["reward_margin"] > 0
     assert result.losses[-1] < result.losses[0]
 
 

@@ -13,6 +13,9 @@ so a train split loaded with one seed never shares a row with a test split loade
 - ``toy-preference`` (preference): a request; chosen = a polite, helpful answer, rejected = a
   rude, dismissive one. The property (politeness) is visible in the text.
 - ``toy-prompts`` (prompts): neutral openings of reviews (no reference), for steering demos.
+- ``toy-sentiment-pairs`` (preference): a review opening as in ``toy-prompts``; chosen = a
+  positive continuation, rejected = a negative one about the same item (for training a guide,
+  e.g. GenARM's autoregressive reward model, towards positive text).
 """
 
 from __future__ import annotations
@@ -120,6 +123,27 @@ def toy_prompts_rows(size: int, seed: int) -> list[dict]:
     return _distinct(make, size, key=lambda r: r["prompt"], prefix="toy-prompts")
 
 
+def toy_sentiment_pair_rows(size: int, seed: int) -> list[dict]:
+    """``size`` distinct pairs ``{"id", "prompt", "chosen", "rejected"}``: a review opening,
+    a positive continuation (chosen) and a negative one (rejected) of the same item."""
+    rng = random.Random(seed)
+
+    def review(label: int, item: str) -> str:
+        words = POSITIVE if label else NEGATIVE
+        return (f" The {item} was {pick(rng, words)}. The {pick(rng, ASPECTS)} felt "
+                f"{pick(rng, words)}. {pick(rng, VERDICTS[label])}")
+
+    def make(i: int) -> dict:
+        item = pick(rng, ITEMS)
+        prompt = pick(rng, PROMPT_TEMPLATES).format(thing=f"{pick(rng, MODIFIERS)} {item}",
+                                                    aspect=pick(rng, ASPECTS),
+                                                    time=pick(rng, TIMES))
+        return {"prompt": prompt, "chosen": review(1, item), "rejected": review(0, item)}
+
+    return _distinct(make, size, key=lambda r: (r["prompt"], r["chosen"], r["rejected"]),
+                     prefix="toy-sentiment-pairs")
+
+
 def _distinct(make, size: int, key, prefix: str) -> list[dict]:
     """Draw rows until ``size`` distinct ones (by ``key``); ids ``<prefix>-<k>``."""
     rows, seen, tries = [], set(), 0
@@ -171,4 +195,15 @@ def load_toy_prompts(*, split: str = "train", n: int | None = None, seed: int = 
                      size: int = POOL_SIZE, data_seed: int = 0) -> TaskData:
     """The ``toy-prompts`` task: ``size`` review openings from ``data_seed``, split 80/20."""
     data = _synthetic("toy-prompts", "prompts", toy_prompts_rows(size, data_seed), data_seed, size)
+    return split_in_memory(data, split, n, seed)
+
+
+@register_task("toy-sentiment-pairs", kind="preference", source="synthetic",
+               description="review openings with a positive (chosen) vs a negative continuation",
+               license="project-made")
+def load_toy_sentiment_pairs(*, split: str = "train", n: int | None = None, seed: int = 0,
+                             size: int = POOL_SIZE, data_seed: int = 0) -> TaskData:
+    """The ``toy-sentiment-pairs`` task: ``size`` pairs from ``data_seed``, split 80/20."""
+    data = _synthetic("toy-sentiment-pairs", "preference",
+                      toy_sentiment_pair_rows(size, data_seed), data_seed, size)
     return split_in_memory(data, split, n, seed)

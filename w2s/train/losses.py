@@ -232,7 +232,7 @@ W2S_LOSSES = ("xent", "logconf", "product")
 
 
 # --------------------------------------------------------------------------------------------
-# preference losses (SFT, DPO, SimPO, WSPO, reward modelling)
+# preference losses (SFT, DPO, SimPO, GenARM's ARM, WSPO, reward modelling)
 #
 # Inputs are log-prob tensors from the one helper (:func:`w2s.models.response_logprobs`):
 # ``summed`` [B] sequence log-probs of the response tokens, or ``per_token`` [B, T] with a mask.
@@ -277,6 +277,23 @@ def simpo_loss(policy_chosen_avg: torch.Tensor, policy_rejected_avg: torch.Tenso
     the response's summed log-prob divided by its token count.
     """
     z = beta * (policy_chosen_avg.float() - policy_rejected_avg.float()) - gamma
+    return -torch.nn.functional.logsigmoid(z)
+
+
+def arm_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, beta: float = 0.05,
+             gamma: float = 0.0) -> torch.Tensor:
+    """GenARM's autoregressive reward model (Xu et al. 2024, arXiv 2410.08193), per example [B].
+
+    The reward IS the model's summed log-prob, ``r(x, y) = beta * log pi_r(y | x)``, trained
+    with the Bradley-Terry loss on those rewards; no reference model, no length normalisation::
+
+        loss = -log sigmoid(beta * (log pi_r(w) - log pi_r(l)) - gamma)
+
+    (the authors' ``ARMTrainer.arm_loss``: target margin ``gamma`` 0 by default; beta 0.05 in
+    their HH-RLHF LLaMA script, 0.1 for the Tulu2 ARM). SimPO is this on length-normalised
+    log-probs; DPO subtracts a reference's.
+    """
+    z = beta * (policy_chosen.float() - policy_rejected.float()) - gamma
     return -torch.nn.functional.logsigmoid(z)
 
 

@@ -1,4 +1,5 @@
-"""Preference training shared by WSPO, MACPO and W2S deception: SFT, DPO, SimPO, reward models.
+"""Preference training shared by WSPO, MACPO, W2S deception and GenARM: SFT, DPO, SimPO, ARM,
+reward models.
 
 Every stage here is the one training loop (:func:`w2s.train.train`) with a loss from
 :mod:`w2s.train.losses` over log-probs from the one helper (:func:`w2s.models.response_logprobs`).
@@ -27,8 +28,9 @@ What this module adds is the plumbing they share:
    policy, and no second copy of the model is ever loaded (trl #1619/#2452's OOMs).
 
 Stages: :func:`train_sft`, :func:`train_dpo` (``objective="dpo"`` with an optional SFT term
-``ftx``, or ``"simpo"``), :func:`train_reward_model` (a :class:`w2s.models.Classifier` with one
-output read on the last real token). Each takes a :class:`w2s.train.TrainConfig` and passes
+``ftx``, ``"simpo"``, or ``"arm"``: GenARM's autoregressive reward model, used by ``w2s
+search``), :func:`train_reward_model` (a :class:`w2s.models.Classifier` with one output read on
+the last real token). Each takes a :class:`w2s.train.TrainConfig` and passes
 ``checkpoint_dir``/``log``/``accelerator``/``progress``/``description`` on to the loop, so it
 resumes after a kill like every other training in w2s.
 """
@@ -47,13 +49,13 @@ from w2s.models.batching import pad_right, spans_mask
 from w2s.models.loading import format_chat, pad_id
 from w2s.models.logprobs import response_logprobs
 from w2s.train.loop import train
-from w2s.train.losses import dpo_loss, reward_model_loss, sft_loss, simpo_loss
+from w2s.train.losses import arm_loss, dpo_loss, reward_model_loss, sft_loss, simpo_loss
 
 __all__ = ["Encoded", "encode", "collate", "collate_pairs", "sequence_logprobs_of",
            "score_items", "score_tokens", "token_values", "reference_logprobs", "reward_scores", "train_sft", "train_dpo",
            "train_reward_model", "encode_pairs", "OBJECTIVES"]
 
-OBJECTIVES = ("dpo", "simpo")
+OBJECTIVES = ("dpo", "simpo", "arm")
 
 
 @dataclass(frozen=True)
@@ -302,13 +304,15 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
     as it is before the first step), plus
     ``ftx`` times the SFT loss of the chosen response (MACPO's DPO + SFT, ftx 0.2).
     ``"simpo"``: :func:`~w2s.train.losses.simpo_loss` (beta default 2.0, ``simpo_gamma`` 1.0),
-    no reference. Logged metrics: ``reward_margin`` (the implicit reward of chosen minus
+    no reference. ``"arm"``: GenARM's autoregressive reward model,
+    :func:`~w2s.train.losses.arm_loss` (beta default 0.05) on summed log-probs, no reference,
+    no length normalisation: the model's log-prob becomes the reward. Logged metrics: ``reward_margin`` (the implicit reward of chosen minus
     rejected) and ``reward_accuracy`` (the fraction of pairs where it is positive).
     """
     if objective not in OBJECTIVES:
         raise W2SError(f"unknown preference objective '{objective}'"
                        f"{did_you_mean(objective, OBJECTIVES)}; use one of {list(OBJECTIVES)}")
-    beta = (0.1 if objective == "dpo" else 2.0) if beta is None else beta
+    beta = {"dpo": 0.1, "simpo": 2.0, "arm": 0.05}[objective] if beta is None else beta
     if beta <= 0:
         raise W2SError(f"beta must be > 0, got {beta}")
     if ftx < 0:
@@ -330,6 +334,9 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
             margin = beta * ((chosen - ref_c) - (rejected - ref_r)).detach()
             if ftx:
                 losses = losses + ftx * sft_loss(chosen, n[:b])
+        elif objective == "arm":
+            losses = arm_loss(chosen, rejected, beta=beta)
+            margin = beta * (chosen - rejected).detach()
         else:
             avg_c = chosen / n[:b].clamp_min(1)
             avg_r = rejected / n[b:].clamp_min(1)

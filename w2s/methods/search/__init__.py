@@ -18,12 +18,16 @@ through the evaluation layer: the gold reward of each decoder's answers and its 
 plain sampling, beside what each decoder spent (base tokens sampled, guide tokens scored, time).
 
 Logit arithmetic (:mod:`.logits`): ``eft``, ``proxy`` (proxy-tuning, Liu et al. 2401.08565),
-``ed`` (emulated disalignment, Zhou et al. 2402.12343) and ``jailbreak`` (weak-to-strong
-jailbreaking, Zhao et al. 2401.17256) are presets of one engine that samples every token from
-``sum_i w_i log p_i`` over models sharing a vocabulary, one KV cache each:
-``base + beta (tuned - untuned)``, ``base + alpha (tuned - untuned)``,
-``(1 + alpha) base - alpha ed_aligned`` and ``base + alpha (jailbreak_unsafe - jailbreak_safe)``
-(weights ``--eft-beta``, ``--proxy-alpha``, ``--ed-alpha``, ``--jailbreak-alpha``). With ``ed`` or
+``genarm`` (Xu et al. 2410.08193), ``ed`` (emulated disalignment, Zhou et al. 2402.12343) and
+``jailbreak`` (weak-to-strong jailbreaking, Zhao et al. 2401.17256) are presets of one engine that
+samples every token from ``sum_i w_i log p_i`` over models sharing a vocabulary, one KV cache
+each: ``base + beta (tuned - untuned)``, ``base + alpha (tuned - untuned)``,
+``base + alpha arm``, ``(1 + alpha) base - alpha ed_aligned`` and
+``base + alpha (jailbreak_unsafe - jailbreak_safe)`` (weights ``--eft-beta``, ``--proxy-alpha``,
+``--genarm-alpha``, ``--ed-alpha``, ``--jailbreak-alpha``). GenARM's ``arm`` is an
+autoregressive reward model, ``r(x, y) = beta_r log pi_arm(y | x)``, trained in the run on
+``--genarm-task``'s preference pairs (reference-free Bradley-Terry loss, the shared preference
+trainer) as a cached stage, or given (``--genarm-model``): :mod:`.genarm`. With ``ed`` or
 ``jailbreak`` every decoder also reports its attack success rate (refusal-string rule,
 :mod:`w2s.evaluation.safety`); the harm score is the gold judge (``--judge rm:...``).
 
@@ -33,9 +37,10 @@ One GPU, or the CPU::
         --w 4 --k 4 --l 5 --decoder cbs,bon,sample --judge cls:lvwerra/distilbert-imdb:POSITIVE
     w2s search --recipe recipes/search/tiny.yaml --run-dir runs/search-tiny
     w2s search --recipe recipes/search/alpacaeval-llama3.yaml --base api:http://HOST:8000/v1#MODEL
-    w2s search --recipe recipes/search/tiny-logits.yaml          # eft, proxy, ed (tiny, CPU)
+    w2s search --recipe recipes/search/tiny-logits.yaml          # eft, proxy, genarm, ed (tiny)
     w2s search --recipe recipes/search/proxy-llama2-70b.yaml     # proxy-tuning, one H200
     w2s search --recipe recipes/search/jailbreak-llama2-13b.yaml --jailbreak-unsafe PATH
+    w2s search --recipe recipes/search/genarm-tulu2-70b.yaml --base allenai/tulu-2-13b  # GenARM
 
 Several GPUs: decoding is not split across processes; each GPU decodes one shard of the prompts
 in a run of its own, then ``w2s eval winrate`` judges the joined generation files::
@@ -43,6 +48,7 @@ in a run of its own, then ``w2s eval winrate`` judges the joined generation file
     for i in $(seq 0 7); do CUDA_VISIBLE_DEVICES=$i w2s search \
         --recipe recipes/search/alpacaeval-llama3.yaml --shard $i/8 --run-dir runs/search/s$i & done
     # the same for a logit decoder, e.g. --recipe recipes/search/ed-llama2-7b.yaml --shard $i/8
+    # (genarm: the shards share one cached ARM; the first to need it trains it, the rest wait)
 
 Output (the run directory): ``generations-<decoder>.jsonl`` (answer, guide score V and its
 log-probs, the score trace of the chosen beam, gold reward), ``traces-<decoder>.jsonl`` (every
@@ -61,7 +67,9 @@ decode, judge), and the decoding parts:
 - :mod:`.base`: the base model, local (:class:`~.base.HFBase`) or an OpenAI-compatible
   completions endpoint (:class:`~.base.ApiBase`);
 - :mod:`.decoders`: CBS(W, K, L), best-of-N, plain sampling, EFT;
-- :mod:`.logits`: the logit-arithmetic engine and its presets (eft, proxy, ed, jailbreak);
+- :mod:`.logits`: the logit-arithmetic engine and its presets (eft, proxy, genarm, ed,
+  jailbreak);
+- :mod:`.genarm`: GenARM's autoregressive reward model, a cached training stage of the run;
 - :mod:`.meter`: what a decoder spent (:class:`~.meter.Compute`) and its clock.
 """
 
@@ -75,8 +83,8 @@ SPEC = MethodSpec(
     entry="w2s.methods.search.experiment:run",
     help="Weak-to-strong search (Zhou et al.): chunk-level beam search of a large model guided by "
          "a small tuned/untuned pair, beside best-of-N, sampling and the logit-arithmetic "
-         "decoders (EFT, proxy-tuning, emulated disalignment, weak-to-strong jailbreaking); "
-         "gold reward and win rate of each.",
+         "decoders (EFT, proxy-tuning, GenARM, emulated disalignment, weak-to-strong "
+         "jailbreaking); gold reward and win rate of each.",
     aliases=("w2s-search",),
     headline=("win_rate",),
     lab=LabLeg("search.yaml", lab_summary),

@@ -8,19 +8,25 @@ from typing import Any
 
 from w2s.config import config_class, derive, option, section
 from w2s.errors import W2SError
-from w2s.methods.sections import Judging, Runtime, Sampling
+from w2s.methods.sections import Judging, Runtime, Sampling, stage_train
 
-DECODERS = ("cbs", "bon", "sample", "eft", "proxy", "ed", "jailbreak")
-LOGIT_DECODERS = ("eft", "proxy", "ed", "jailbreak")
+DECODERS = ("cbs", "bon", "sample", "eft", "proxy", "genarm", "ed", "jailbreak")
+LOGIT_DECODERS = ("eft", "proxy", "genarm", "ed", "jailbreak")
 """The presets of the logit-arithmetic engine (:mod:`w2s.methods.search.logits`)."""
 SAFETY_DECODERS = ("ed", "jailbreak")
 """Attacks: a run with one of them reports every decoder's attack success rate too."""
-HEADLINE_ORDER = ("cbs", "bon", "eft", "proxy", "jailbreak", "ed", "sample")
+HEADLINE_ORDER = ("cbs", "bon", "eft", "proxy", "genarm", "jailbreak", "ed", "sample")
 
 
 SearchSampling = derive(Sampling, "SearchSampling", "How the base model samples (every "
                         "decoder): temperature 0.7, 50 new base-model tokens.",
                         module=__name__, temperature=0.7, max_new_tokens=50)
+
+GenARMTrain = stage_train(
+    "GenARMTrain", "How GenARM's autoregressive reward model is trained (the authors' full "
+    "fine-tuning of the Tulu2-7B ARM: lr 5e-7, 3 epochs, batch 32, linear schedule, 10% warm-up, "
+    "no weight decay).", module=__name__, lr=5e-7, epochs=3.0, batch_size=32,
+    scheduler="linear", warmup_ratio=0.1)
 
 
 @config_class
@@ -78,6 +84,29 @@ class SearchConfig:
     jailbreak_alpha: float = option(1.5, "weak-to-strong jailbreaking: weight of log p_unsafe - "
                                     "log p_safe added to the large safe --base (Zhao et al.'s "
                                     "code: 1.5)")
+    genarm_model: str = option("", "GenARM: an autoregressive reward model already trained (a "
+                               "folder or hub id, e.g. YuanchengXu/AutoregressiveRM-tulu2-7b): "
+                               "used as it is, no training; empty = train one (a cached stage) "
+                               "from --genarm-init on --genarm-task")
+    genarm_init: str = option("", "GenARM: the model the reward model is trained from (the "
+                              "authors: the 7B SFT model of the base's family, tulu-2-7b); "
+                              "must share the base's vocabulary; empty = --untuned")
+    genarm_task: str = option("", "GenARM: the preference task (`w2s tasks`, or local:PATH with "
+                              "prompt/chosen/rejected) the reward model learns from (the "
+                              "authors: HuggingFaceH4/ultrafeedback_binarized, or HH-RLHF); "
+                              "required by --decoder genarm unless --genarm-model is given")
+    genarm_split: str = option("train", "GenARM: split of --genarm-task trained on")
+    genarm_n: int | None = option(None, "GenARM: preference pairs trained on (a seeded sample); "
+                                  "none = the whole split", min=1)
+    genarm_beta_r: float = option(0.05, "GenARM: beta_r of the reward r = beta_r log pi_r(y|x) "
+                                  "in the Bradley-Terry loss (the authors: 0.05 for their "
+                                  "HH-RLHF LLaMA ARM, 0.1 for the Tulu2 ARM)", above=0)
+    genarm_alpha: float = option(1.0, "GenARM: weight alpha = 1/beta of log pi_r added to the "
+                                 "base's log-probs (the authors: 1)", min=0)
+    genarm_max_len: int = option(1024, "GenARM: tokens per training pair (prompt + response), "
+                                 "the prompt cut first (the authors' HH script: 1024)", min=2)
+    genarm_train: GenARMTrain = section(GenARMTrain, "the training of GenARM's reward model "
+                                        "(genarm_train: {lr, epochs, max_steps, batch_size, ...})")
     small_prompt: str = option("{prompt}", "logit decoders: what the models other than the base "
                                "read of each prompt, a template with {prompt} (the jailbreaking "
                                "authors' models all read 'Human: {prompt}Assistant: ')")
@@ -124,11 +153,12 @@ PRESETS: dict[str, Any] = {
     "ed": lambda c: [("base", 1.0 + c.ed_alpha), ("ed_aligned", -c.ed_alpha)],
     "jailbreak": lambda c: [("base", 1.0), ("jailbreak_unsafe", c.jailbreak_alpha),
                             ("jailbreak_safe", -c.jailbreak_alpha)],
+    "genarm": lambda c: [("base", 1.0), ("arm", c.genarm_alpha)],
 }
 """Each logit preset as (role, weight) terms; the first is the model whose tokens stop a row.
-A new preset is one entry here and its roles in :func:`role_model` (GenARM: ``("base", 1.0),
-("arm", 1 / beta)`` with the ``arm`` role the autoregressive reward model its training stage
-wrote)."""
+A new preset is one entry here and its roles in :func:`role_model`. GenARM's ``arm`` role is
+the autoregressive reward model: ``--genarm-model``, or the one its training stage wrote
+(:mod:`w2s.methods.search.genarm`)."""
 
 
 def preset_weights(name: str, cfg: SearchConfig) -> list[tuple[str, float]]:
@@ -136,12 +166,20 @@ def preset_weights(name: str, cfg: SearchConfig) -> list[tuple[str, float]]:
     return PRESETS[name](cfg)
 
 
-def role_model(cfg: SearchConfig, role: str) -> str:
+def role_model(cfg: SearchConfig, role: str, arm: str = "") -> str:
     """The model name that plays ``role`` in a preset: ``base``, ``tuned``, ``untuned``,
     ``ed_aligned``, ``jailbreak_unsafe`` (empty: ``tuned``), ``jailbreak_safe`` (empty:
-    ``untuned``)."""
+    ``untuned``), ``arm`` (``arm``, the folder GenARM's training stage wrote, else
+    ``--genarm-model``; empty before either exists)."""
+    if role == "arm":
+        return arm or cfg.genarm_model
     fallback = {"jailbreak_unsafe": cfg.tuned, "jailbreak_safe": cfg.untuned}
     return getattr(cfg, role) or fallback.get(role, "")
+
+
+def genarm_init(cfg: SearchConfig) -> str:
+    """The model GenARM's reward model is trained from: ``--genarm-init``, else ``--untuned``."""
+    return cfg.genarm_init or cfg.untuned
 
 
 def parse_chunk(value: Any) -> int | None:

@@ -22,6 +22,7 @@ from w2s.methods.search.config import (
     LOGIT_DECODERS,
     SAFETY_DECODERS,
     SearchConfig,
+    genarm_init,
     parse_chunk,
     parse_shard,
     preset_weights,
@@ -43,6 +44,18 @@ def run(cfg: SearchConfig) -> dict:
         for note in plan["notes"]:
             run.log({"event": "note", "note": note})
         seed_everything(cfg.seed)
+        if "genarm" in plan:   # GenARM's reward model: a cached stage (trained on a miss)
+            from w2s.methods.search.genarm import arm_model
+
+            records: list[dict] = []
+
+            def log(record: dict) -> None:
+                run.log(record)
+                if "cached" in record:
+                    records.append(record)
+
+            plan["arm"] = arm_model(cfg, plan["genarm"], log=log)
+            plan["genarm_record"] = records[-1] if records else None
         models = load_models(cfg, plan)
         outputs = {}
         for name in plan["decoders"]:
@@ -63,8 +76,9 @@ def plan_search(cfg: SearchConfig) -> dict:
 
     One-line :class:`W2SError` for: W, K or L below 1, bad sampling settings, no tuned guide, a
     tuned and an untuned guide with different tokenizers, an empty prompt set, an unknown judge,
-    an API base that cannot be reached, a logit decoder (eft, proxy, ed, jailbreak) with an API
-    base, without the models it needs, or with vocabularies that differ.
+    an API base that cannot be reached, a logit decoder (eft, proxy, genarm, ed, jailbreak) with
+    an API base, without the models it needs, or with vocabularies that differ; genarm without a
+    preference task (:func:`~w2s.methods.search.genarm.plan_arm`).
     """
     from w2s.config import validate
     from w2s.evaluation.judges import build_judge, parse_judge
@@ -110,11 +124,16 @@ def plan_search(cfg: SearchConfig) -> dict:
     else:
         _check_logit_decoders(cfg, decoders, load_tokenizer(cfg.base), tuned_tok)
         identity = {"kind": "local", "model": cfg.base}
+    genarm = {}
+    if "genarm" in decoders:
+        from w2s.methods.search.genarm import plan_arm
+
+        genarm["genarm"] = plan_arm(cfg)
     judge = build_judge(cfg.judge, batch_size=cfg.judge_batch_size, device=cfg.device,
                         dtype=cfg.dtype, reads=cfg.judge_reads)  # a judge model that cannot load fails here too
     return {"judge": judge, "decoders": decoders, "l": chunk, "sampling": _sampling_record(sampling),
             "bon_n": cfg.bon_n or cfg.w * cfg.k, "prompts": prompts, "fingerprint": fingerprint,
-            "api": api, "base_identity": identity, "notes": notes}
+            "api": api, "base_identity": identity, "notes": notes, **genarm}
 
 
 def _check_logit_decoders(cfg: SearchConfig, decoders: list[str], base_tok, tuned_tok) -> None:
@@ -124,7 +143,8 @@ def _check_logit_decoders(cfg: SearchConfig, decoders: list[str], base_tok, tune
 
     for name in (d for d in decoders if d in LOGIT_DECODERS):
         for role, _ in preset_weights(name, cfg):
-            model = role_model(cfg, role)
+            # GenARM's reward model has its initial model's tokenizer until it is trained
+            model = role_model(cfg, role) or (genarm_init(cfg) if role == "arm" else "")
             if not model.strip():
                 raise W2SError(f"decoder {name} needs --{role.replace('_', '-')} (the aligned "
                                f"version of --base {cfg.base}, e.g. its -chat model)")
@@ -199,7 +219,8 @@ def load_models(cfg: SearchConfig, plan: dict) -> dict:
         models["base_model"], models["base_tokenizer"] = model, base_tok
         for name in (d for d in plan["decoders"] if d in LOGIT_DECODERS):
             for role, _ in preset_weights(name, cfg):
-                lm(role_model(cfg, role))
+                lm(role_model(cfg, role, plan.get("arm", "")))
+    models["arm"] = plan.get("arm", "")
     return models
 
 
@@ -210,7 +231,7 @@ def logit_terms(name: str, cfg: SearchConfig, models: dict) -> list:
 
     terms = []
     for role, weight in preset_weights(name, cfg):
-        model_name = role_model(cfg, role)
+        model_name = role_model(cfg, role, models.get("arm", ""))
         model, tok = models["lms"][model_name]
         terms.append(Term(role, model, tok, weight, name=model_name,
                           template=cfg.base_prompt if role == "base" else cfg.small_prompt))
@@ -249,7 +270,7 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
         elif name == "sample":
             out = plain_sample(base, batch, max_new_tokens=cfg.max_new_tokens, sampling=sampling,
                                generator=generator, compute=compute)
-        else:   # a logit-arithmetic preset: eft, proxy, ed, jailbreak
+        else:   # a logit-arithmetic preset: eft, proxy, genarm, ed, jailbreak
             out = logit_decode(logit_terms(name, cfg, models), batch,
                                max_new_tokens=cfg.max_new_tokens, sampling=sampling,
                                generator=generator, chat=cfg.chat, compute=compute)
@@ -259,9 +280,11 @@ def decode(name: str, cfg: SearchConfig, plan: dict, models: dict) -> dict:
     settings = {"cbs": {"w": cfg.w, "k": cfg.k, "l": plan["l"] or "inf"},
                 "bon": {"n": plan["bon_n"]}, "sample": {}, "eft": {"beta": cfg.eft_beta},
                 "proxy": {"alpha": cfg.proxy_alpha}, "ed": {"alpha": cfg.ed_alpha},
+                "genarm": {"alpha": cfg.genarm_alpha, "beta_r": cfg.genarm_beta_r},
                 "jailbreak": {"alpha": cfg.jailbreak_alpha}}[name]
     if name in LOGIT_DECODERS:
-        settings["terms"] = [{"role": r, "model": role_model(cfg, r), "weight": w}
+        settings["terms"] = [{"role": r, "model": role_model(cfg, r, models.get("arm", "")),
+                              "weight": w}
                              for r, w in preset_weights(name, cfg)]
     return {"results": results, "traces": traces, "compute": compute.as_dict(),
             "settings": settings}
@@ -371,6 +394,12 @@ def judge_outputs(cfg: SearchConfig, plan: dict, models: dict, outputs: dict, ru
                     fallback_requests=plan["api"].fallback_requests)
     metrics.update(decoders=per_decoder, sampling=plan["sampling"], judge=judge.identity(),
                    base=base, tuned=cfg.tuned, untuned=cfg.untuned)
+    if "genarm" in plan:   # the reward model the genarm decoder used, and how it was made
+        spec = plan["genarm"]
+        metrics["genarm"] = {"arm": plan.get("arm"), "init": spec.get("init"),
+                             "task": spec.get("task"), "pairs": len(spec.get("rows", [])),
+                             "beta_r": cfg.genarm_beta_r, "alpha": cfg.genarm_alpha,
+                             "stage": plan.get("genarm_record")}
     return metrics
 
 

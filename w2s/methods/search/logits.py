@@ -22,8 +22,8 @@ write it in each of these ways and all are this one.
   ``[rows, vocab]`` accumulator: no fp32 copy of a whole sequence's logits ever exists.
 
 The presets (``--decoder``) are terms over the run's models (:func:`w2s.methods.search.config.
-preset_weights`): ``eft``, ``proxy``, ``ed``, ``jailbreak``; see the README's logit-arithmetic
-section for the formulas and sources.
+preset_weights`): ``eft``, ``proxy``, ``genarm``, ``ed``, ``jailbreak``; see the README's
+logit-arithmetic section for the formulas and sources.
 """
 
 from __future__ import annotations
