@@ -118,6 +118,29 @@ def test_flag_names_collide_get_prefixed():
     assert cfg.inner.lr == 5.0 and cfg.lr == 2.0
 
 
+def test_a_prefixed_section_always_names_its_flags():
+    """section(..., prefixed=True): --arm-lr even where --lr alone would be unique (w2s
+    search's GenARM training: a bare --lr there would read as the search's own)."""
+    @dataclass
+    class A:
+        lr: float = option(1.0, "a")
+
+    @dataclass
+    class One:
+        arm: A = section(A, "the reward model's training", prefixed=True)
+        plain: A = section(A, "unprefixed, but colliding")
+
+    assert {f.key: f.flag for f in flat_fields(One)} == {"arm.lr": "--arm-lr",
+                                                         "plain.lr": "--plain-lr"}
+
+    @dataclass
+    class Solo:
+        arm: A = section(A, "alone", prefixed=True)
+
+    assert [f.flag for f in flat_fields(Solo)] == ["--arm-lr"]
+    assert build_config(Solo, None, {"arm_lr": "3"}).arm.lr == 3.0
+
+
 def test_saved_config_is_a_valid_recipe(tmp_path):
     cfg = build_config(Cfg, {"weak": "opt-125m", "train": {"lr": 2e-5}})
     saved = tmp_path / "config.yaml"

@@ -22,8 +22,9 @@ from w2s.methods.search.text import filter_logits
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "search"
 TINY_ARM = ["--decoder", "genarm", "--genarm-task", "toy-sentiment-pairs", "--genarm-n", "16",
-            "--genarm-max-len", "96", "--max-steps", "2", "--batch-size", "8",
-            "--micro-batch-size", "8", "--lr", "1e-3"]
+            "--genarm-max-len", "96", "--genarm-train-max-steps", "2",
+            "--genarm-train-batch-size", "8",
+            "--genarm-train-micro-batch-size", "8", "--genarm-train-lr", "1e-3"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

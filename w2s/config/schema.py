@@ -60,11 +60,16 @@ def option(default: Any, help: str, *, choices: list | None = None, cli: str | N
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, help: str, *, inline: bool = False, drop: tuple[str, ...] = ()) -> Any:
+def section(cls: type, help: str, *, inline: bool = False, drop: tuple[str, ...] = (),
+            prefixed: bool = False) -> Any:
     """A group of settings: a nested config dataclass.
 
     Nested (the default): a mapping in the recipe (``dpo: {lr: ...}``), leaf-named flags on the
     CLI, ``cfg.dpo`` an instance of ``cls``.
+
+    ``prefixed=True``: a nested section's flags always carry its name (``--genarm-train-lr``),
+    even where the leaf name alone would be unique (a ``--lr`` of a command whose main job
+    trains nothing would mislead).
 
     ``inline=True``: the fields of ``cls`` become fields of the parent (declare the parent with
     :func:`config_class`), keeping their names, flags and recipe keys, and ``cfg.<name>`` is a
@@ -76,7 +81,7 @@ def section(cls: type, help: str, *, inline: bool = False, drop: tuple[str, ...]
     unknown = set(drop) - {f.name for f in fields(cls)}
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)} to drop")
-    meta: dict[str, Any] = {"help": help, "section": True}
+    meta: dict[str, Any] = {"help": help, "section": True, "prefixed": prefixed}
     if inline:
         meta.update(inline=True, section_class=cls, drop=tuple(drop))
     return field(default_factory=cls, metadata=meta)
@@ -394,7 +399,7 @@ def flat_fields(cls: type) -> list[FlatField]:
     """The leaves of a config dataclass with their CLI flag names (see module docstring)."""
     leaves: list[FlatField] = []
 
-    def walk(c: type, prefix: tuple[str, ...]) -> None:
+    def walk(c: type, prefix: tuple[str, ...], prefixed: bool = False) -> None:
         hints = resolved_hints(c)
         for f in fields(c):
             meta = f.metadata or {}
@@ -403,9 +408,12 @@ def flat_fields(cls: type) -> list[FlatField]:
                                 f"{c.__name__} with @config_class, not @dataclass")
             tp = hints[f.name]
             if is_dataclass(tp):
-                walk(tp, prefix + (f.name,))
+                walk(tp, prefix + (f.name,), prefixed or bool(meta.get("prefixed")))
                 continue
-            leaves.append(FlatField(prefix + (f.name,), meta.get("cli", ""), tp, _default_of(f),
+            path = prefix + (f.name,)
+            flag = meta.get("cli", "") or ("--" + "-".join(path).replace("_", "-")
+                                           if prefixed else "")
+            leaves.append(FlatField(path, flag, tp, _default_of(f),
                                     meta.get("help", ""), meta.get("choices"),
                                     dict(meta.get("bounds", {})), meta.get("allow_inf", False),
                                     meta.get("message"), meta.get("in_section")))

@@ -106,7 +106,8 @@ class SearchConfig:
     genarm_max_len: int = option(1024, "GenARM: tokens per training pair (prompt + response), "
                                  "the prompt cut first (the authors' HH script: 1024)", min=2)
     genarm_train: GenARMTrain = section(GenARMTrain, "the training of GenARM's reward model "
-                                        "(genarm_train: {lr, epochs, max_steps, batch_size, ...})")
+                                        "(genarm_train: {lr, epochs, max_steps, batch_size, ...})",
+                                        prefixed=True)
     small_prompt: str = option("{prompt}", "logit decoders: what the models other than the base "
                                "read of each prompt, a template with {prompt} (the jailbreaking "
                                "authors' models all read 'Human: {prompt}Assistant: ')")
