@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -105,18 +105,23 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
     @torch.no_grad()
     def margins(self, items: list[tuple[str, str, str]]) -> list[float]:
         """``log p("1") - log p("2")`` for each ``(instruction, first, second)``."""
-        rows = []  # (ids, n_prompt) for verdict "1" then "2" of every item
-        for i, (instruction, first, second) in enumerate(items):
-            prefix = format_chat(self.tokenizer, pairwise_prompt(instruction, first, second))
-            for verdict in VERDICT_TOKENS:
-                ids, n_prompt = self._ids(prefix, verdict)
+        prefixes = [format_chat(self.tokenizer, pairwise_prompt(*item)) for item in items]
+        return [one - two for one, two in self._reply_logprobs(prefixes, VERDICT_TOKENS)]
+
+    def _reply_logprobs(self, prefixes: list[str], replies: Sequence[str]) -> list[list[float]]:
+        """For each formatted prompt, the summed log-prob of each of ``replies`` as the whole
+        reply (the shared helper, batched); a prompt too long for the model is one line."""
+        rows = []  # (ids, n_prompt) for every reply of every prompt
+        for i, prefix in enumerate(prefixes):
+            for reply in replies:
+                ids, n_prompt = self._ids(prefix, reply)
                 if len(ids) > self.max_tokens:
                     raise W2SError(f"judge prompt {i + 1} is {len(ids)} tokens, more than "
                                    f"{self.model_name} takes ({self.max_tokens}); use a judge "
                                    "with a longer context or shorter outputs")
                 rows.append((ids, n_prompt))
-        summed = self._score(rows)
-        return [summed[2 * k] - summed[2 * k + 1] for k in range(len(items))]
+        summed, k = self._score(rows), len(replies)
+        return [summed[i * k:(i + 1) * k] for i in range(len(prefixes))]
 
     def compare(self, items: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
         out = []
@@ -166,20 +171,9 @@ class LocalLMJudge(PairwiseJudge, JudgmentWriter):
     def _logprobs(self, conversations: list[Messages], tokens: list[str],
                   keep: Callable[[int, dict[str, float]], None]) -> None:
         """Exact: each token scored as the whole reply with the shared log-prob helper."""
-        rows = []
-        for j, messages in enumerate(conversations):
-            prefix = format_chat(self.tokenizer, messages)
-            for token in tokens:
-                ids, n_prompt = self._ids(prefix, token)
-                if len(ids) > self.max_tokens:
-                    raise W2SError(f"judge prompt {j + 1} is {len(ids)} tokens, more than "
-                                   f"{self.model_name} takes ({self.max_tokens}); use a judge "
-                                   "with a longer context or shorter outputs")
-                rows.append((ids, n_prompt))
-        summed = self._score(rows)
-        k = len(tokens)
-        for j in range(len(conversations)):
-            keep(j, dict(zip(tokens, summed[j * k:(j + 1) * k], strict=True)))
+        prefixes = [format_chat(self.tokenizer, messages) for messages in conversations]
+        for j, lps in enumerate(self._reply_logprobs(prefixes, tokens)):
+            keep(j, dict(zip(tokens, lps, strict=True)))
 
     @property
     def _templated(self) -> bool:
