@@ -17,6 +17,14 @@ from w2s.console import _cell, console, register_model_builders
 eval_app = typer.Typer(help="The evaluation layer on its own, over recorded runs or files.",
                        no_args_is_help=True)
 
+MAX_RETRIES_OPTION = typer.Option(3, "--max-retries", help="api judge: retries per request "
+                                  "(exponential backoff)")
+RATE_LIMIT_OPTION = typer.Option(None, "--rate-limit", help="api judge: at most this many "
+                                 "requests per second")
+DEVICE_OPTION = typer.Option("auto", "--device", help="model judges: auto, cpu, cuda, mps")
+JUDGE_CACHE_OPTION = typer.Option(None, "--judge-cache", help="folder of the judgment cache "
+                                  "(default <w2s cache>/judgments)")
+NO_CACHE_OPTION = typer.Option(False, "--no-cache", help="ask the judge again, cache nothing")
 JUDGES_OPTION = typer.Option(
     None, "--judges", help="more judges (comma list), each judging the same items as --judge: "
     "their figures and agreement go to metrics.json's judge_robustness")
@@ -52,17 +60,13 @@ def eval_winrate_cmd(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
                                            "(default runs/winrate/<time>-<hash>)"),
     batch_size: int = typer.Option(8, "--batch-size", help="model judges: rows per forward pass"),
-    device: str = typer.Option("auto", "--device", help="model judges: auto, cpu, cuda, mps"),
+    device: str = DEVICE_OPTION,
     timeout: float = typer.Option(60.0, "--timeout", help="api judge: seconds per request"),
-    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request "
-                                    "(exponential backoff)"),
-    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="api judge: at most "
-                                               "this many requests per second"),
+    max_retries: int = MAX_RETRIES_OPTION,
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
-    judge_cache: Optional[Path] = typer.Option(
-        None, "--judge-cache", help="api judge: folder of the judgment cache (default "
-        "<w2s cache>/judgments)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    judge_cache: Optional[Path] = JUDGE_CACHE_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
     judges: Optional[str] = JUDGES_OPTION,
     judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
@@ -127,11 +131,11 @@ def eval_alpacaeval_cmd(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
                                            "(default runs/alpacaeval/<time>-<hash>)"),
     batch_size: int = typer.Option(8, "--batch-size", help="model judges: rows per forward pass"),
-    device: str = typer.Option("auto", "--device", help="model judges: auto, cpu, cuda, mps"),
+    device: str = DEVICE_OPTION,
     timeout: float = typer.Option(60.0, "--timeout", help="api judge: seconds per request"),
-    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
+    max_retries: int = MAX_RETRIES_OPTION,
     workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    no_cache: bool = NO_CACHE_OPTION,
     judges: Optional[str] = JUDGES_OPTION,
     judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
@@ -181,16 +185,13 @@ def eval_mtbench_cmd(
                                            "(default runs/mtbench/<time>-<hash>)"),
     max_tokens: int = typer.Option(2048, "--max-tokens", help="new tokens per judgment"),
     batch_size: int = typer.Option(8, "--batch-size", help="llm judge: prompts per batch"),
-    device: str = typer.Option("auto", "--device", help="llm judge: auto, cpu, cuda, mps"),
+    device: str = DEVICE_OPTION,
     timeout: float = typer.Option(120.0, "--timeout", help="api judge: seconds per request"),
-    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
-    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="api judge: at most "
-                                               "this many requests per second"),
+    max_retries: int = MAX_RETRIES_OPTION,
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     workers: int = typer.Option(1, "--workers", help="api judge: parallel requests"),
-    judge_cache: Optional[Path] = typer.Option(
-        None, "--judge-cache", help="api judge: folder of the judgment cache (default "
-        "<w2s cache>/judgments)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="api judge: ask again, cache nothing"),
+    judge_cache: Optional[Path] = JUDGE_CACHE_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
     judges: Optional[str] = JUDGES_OPTION,
     judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
@@ -255,16 +256,13 @@ def eval_arenahard_cmd(
                                              "(default v0.1 4096, v2 16000)"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where to write the run "
                                            "(default runs/arenahard/<time>-<hash>)"),
-    device: str = typer.Option("auto", "--device", help="llm judge: auto, cpu, cuda, mps"),
+    device: str = DEVICE_OPTION,
     timeout: float = typer.Option(600.0, "--timeout", help="api judge: seconds per request"),
-    max_retries: int = typer.Option(3, "--max-retries", help="api judge: retries per request"),
-    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", help="api judge: at most "
-                                               "this many requests per second"),
+    max_retries: int = MAX_RETRIES_OPTION,
+    rate_limit: Optional[float] = RATE_LIMIT_OPTION,
     workers: int = typer.Option(1, "--workers", help="api judge: questions judged in parallel"),
-    judge_cache: Optional[Path] = typer.Option(
-        None, "--judge-cache", help="folder of the judgment cache (default <w2s cache>/"
-        "judgments)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="ask again, cache nothing"),
+    judge_cache: Optional[Path] = JUDGE_CACHE_OPTION,
+    no_cache: bool = NO_CACHE_OPTION,
     judges: Optional[str] = JUDGES_OPTION,
     judge_repeats: int = REPEATS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON only"),
