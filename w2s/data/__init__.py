@@ -36,6 +36,7 @@ from w2s.data.splits import (
 
 # Importing the source modules registers their tasks (hub first: the order of `w2s tasks`).
 from w2s.data import hub, synthetic, bigbench  # noqa: E402,F401,I001  isort: skip
+from w2s.data import reasoning  # noqa: E402,F401,I001  isort: skip  (gsm8k, math, toy-arithmetic)
 from w2s.data import hazards  # noqa: E402,F401,I001  isort: skip  (toy-hazards, toy-harmless, toy-helpful)
 from w2s.data.bigbench import load_bigbench  # noqa: E402
 from w2s.data.local import load_local  # noqa: E402

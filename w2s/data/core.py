@@ -1,6 +1,6 @@
 """Rows, kinds and :class:`TaskData`: the one shape every data source produces.
 
-A task is a list of plain dicts ("rows") of one of three kinds:
+A task is a list of plain dicts ("rows") of one of four kinds:
 
 =================  =============================================  ================================
 kind               required fields                                used by
@@ -9,6 +9,8 @@ kind               required fields                                used by
 ``preference``     ``id: str, prompt: str, chosen: str,           WSPO, MACPO, W2S deception
                    rejected: str``
 ``prompts``        ``id: str, prompt: str, reference: str|None``  W2S search, win-rate evaluation
+``reasoning``      ``id: str, prompt: str, solution: str,         W2S reasoning (checkable answers:
+                   answer: str``                                  GSM8K, MATH, arithmetic)
 =================  =============================================  ================================
 
 Rows may carry extra fields (an IMDB prompt keeps its ``label``); consumers ignore what they do
@@ -28,17 +30,19 @@ from w2s.data.splits import permutation
 from w2s.errors import W2SError
 from w2s.runs import content_hash
 
-KINDS = ("classification", "preference", "prompts")
-"""The three kinds of task."""
+KINDS = ("classification", "preference", "prompts", "reasoning")
+"""The four kinds of task."""
 
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "classification": ("text", "label"),
     "preference": ("prompt", "chosen", "rejected"),
     "prompts": ("prompt",),
+    "reasoning": ("prompt", "solution", "answer"),
 }
 """Required non-empty fields per kind, besides ``id`` (``prompts`` also has optional ``reference``)."""
 
-INPUT_FIELD = {"classification": "text", "preference": "prompt", "prompts": "prompt"}
+INPUT_FIELD = {"classification": "text", "preference": "prompt", "prompts": "prompt",
+               "reasoning": "prompt"}
 """The field that is the model's input: splits keep rows sharing it together (no leakage)."""
 
 

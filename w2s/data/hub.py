@@ -75,7 +75,7 @@ class HubSource:
     """
 
     path: str
-    name: str | None = None
+    name: str | tuple[str, ...] | None = None  # several configs: loaded and concatenated
     data_dir: str | None = None
     revision: str | None = None
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
@@ -411,6 +411,11 @@ def _load_split(spec: HubTask, split: str) -> Any:
                 return json.load(f)
         import datasets
 
+        if isinstance(source.name, tuple):  # MATH's subjects, one config each
+            return datasets.concatenate_datasets([
+                datasets.load_dataset(source.path, name, data_dir=source.data_dir,
+                                      revision=source.revision, split=hub_split)
+                for name in source.name])
         return datasets.load_dataset(source.path, source.name, data_dir=source.data_dir,
                                      revision=source.revision, split=hub_split)
     except W2SError:
