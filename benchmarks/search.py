@@ -67,23 +67,8 @@ def bench_search(device: str) -> dict:
     from w2s.methods.search.guide import Guide
     from w2s.methods.search.text import encode_prompt
     from w2s.models.generate import SamplingConfig as Sampling
-    from w2s.models.tiny import build_tiny, tiny_tokenizer
 
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    if not cuda:
-        torch.set_num_threads(1)
-
-    def timer() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
-
-    tok = tiny_tokenizer()
-    base_model = build_tiny(SEARCH_BASE, seed=0).to(dev)
-    tuned = build_tiny(SEARCH_GUIDE, seed=1).to(dev)
-    untuned = build_tiny(SEARCH_GUIDE, seed=2).to(dev)
+    dev, timer, tok, base_model, tuned, untuned = _tiny_trio(device)
     w, k = 4, 4
     sampling = Sampling(temperature=1.0, top_k=0, top_p=1.0)
 
@@ -140,7 +125,7 @@ def bench_search(device: str) -> dict:
             "base": f"tiny:{SEARCH_BASE} (random init)", "guides": f"tiny:{SEARCH_GUIDE} x 2",
             "cbs": {"w": w, "k": k, "l": SEARCH_CHUNK}, "sequences": w * k,
             "new_tokens": SEARCH_NEW, "device": device,
-            "clock": "wall (cuda synchronised)" if cuda else "process CPU time, 1 thread",
+            "clock": "wall (cuda synchronised)" if dev.type == "cuda" else "process CPU time, 1 thread",
             "plain_generate_s": med(plain_s), "cbs_base_s": med(cbs_s),
             "cbs_guide_s": med(guide_s), "own_sampler_one_chunk_s": med(own_s),
             "cbs_overhead_ratio_vs_own_sampler": med(cbs_s) / med(own_s),
@@ -165,23 +150,8 @@ def bench_proxy(device: str) -> dict:
     from w2s.methods.search.decoders import Compute
     from w2s.methods.search.logits import Term, logit_decode
     from w2s.models.generate import SamplingConfig
-    from w2s.models.tiny import build_tiny, tiny_tokenizer
 
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    if not cuda:
-        torch.set_num_threads(1)
-
-    def timer() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
-
-    tok = tiny_tokenizer()
-    base_model = build_tiny(SEARCH_BASE, seed=0).to(dev)
-    tuned = build_tiny(SEARCH_GUIDE, seed=1).to(dev)
-    untuned = build_tiny(SEARCH_GUIDE, seed=2).to(dev)
+    dev, timer, tok, base_model, tuned, untuned = _tiny_trio(device)
     rows = 16
     prompts = [SEARCH_PROMPT] * rows
     sampling = SamplingConfig(temperature=1.0, top_k=0, top_p=1.0)
@@ -226,10 +196,33 @@ def bench_proxy(device: str) -> dict:
         "proxy": {
             "base": f"tiny:{SEARCH_BASE} (random init)", "small": f"tiny:{SEARCH_GUIDE} x 2",
             "sequences": rows, "new_tokens": SEARCH_NEW, "device": device,
-            "clock": "wall (cuda synchronised)" if cuda else "process CPU time, 1 thread",
+            "clock": "wall (cuda synchronised)" if dev.type == "cuda" else "process CPU time, 1 thread",
             "plain_sampling_s": med(plain_s), "proxy_s": med(proxy_s),
             "proxy_base_s": med(base_s), "proxy_small_models_s": med(small_s),
             "floor_from_parameters": 1 + (params["tuned"] + params["untuned"]) / params["base"],
             "parameters": params, "repeats": PROXY_REPEATS,
             "goal": "proxy_overhead_ratio close to proxy_overhead_floor"},
     }
+
+
+def _tiny_trio(device: str):
+    """The device, a timer (CUDA-synchronised wall time; this process's CPU time on a CPU,
+    blind to other processes), the tiny tokenizer, and the tiny base model with its tuned and
+    untuned guides, as every search benchmark uses them."""
+    import torch
+
+    from w2s.models.tiny import build_tiny, tiny_tokenizer
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(1)
+
+    def timer() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    return (dev, timer, tiny_tokenizer(), build_tiny(SEARCH_BASE, seed=0).to(dev),
+            build_tiny(SEARCH_GUIDE, seed=1).to(dev), build_tiny(SEARCH_GUIDE, seed=2).to(dev))
