@@ -421,6 +421,10 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
              "gold_judge iterations judge lora_alpha lora_r lora_targets max_len max_perplexity "
              "n_test n_train prompt_format quantize run_dir seed sft skip_empty strong "
              "strong_neg_epochs student_sft_answers task weak",
+    "weak-label": "beta chat confidence_threshold confidence_weighting dtype gen_batch_size judge "
+                  "judge_batch_size lora_alpha lora_r max_len max_new_tokens mode n_bins n_eval "
+                  "n_labelled n_unlabelled run_dir samples_per_prompt score_batch_size seed strong "
+                  "strong_beta strong_dpo task temperature top_k top_p weak weak_dpo",
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dpo_preference dtype eos "
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
@@ -433,7 +437,9 @@ SECTIONS = {"generalize": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
             "search": {"sampling": Sampling, "judging": Judging, "runtime": Runtime},
             "wspo": {"lora": Lora, "judging": Judging, "sampling": Sampling, "runtime": Runtime},
             "macpo": {"lora": Lora, "judging": Judging, "runtime": Runtime},
-            "deception": {"lora": Lora, "sweep": Sweep, "runtime": Runtime}}
+            "deception": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
+            "weak-label": {"lora": Lora, "judging": Judging, "sampling": Sampling,
+                           "runtime": Runtime}}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -455,9 +461,11 @@ def test_a_run_saves_the_same_keys_as_before_and_reloads(method, tmp_path):
 
 
 def _recipes():
-    for method in sorted(METHODS):
-        paths = sorted((ROOT / "recipes" / method).glob("*.yaml")) + [
-            ROOT / "recipes" / "lab" / f"{method}.yaml"]
+    for method in sorted(METHODS):  # recipes/<name>/ (a hyphen in the name: an underscore)
+        folder = ROOT / "recipes" / method.replace("-", "_")
+        lab = METHODS[method].lab   # the lab leg is optional
+        paths = sorted(folder.glob("*.yaml")) + (
+            [ROOT / "recipes" / "lab" / lab.recipe] if lab else [])
         for path in paths:
             yield pytest.param(method, path, id=str(path.relative_to(ROOT / "recipes")))
 
@@ -478,7 +486,8 @@ def test_every_recipe_builds_and_validates_for_its_method(method, path):
 def test_the_recipes_cover_every_method():
     methods = [p.values[0] for p in _recipes()]
     assert set(methods) == set(METHODS)
-    assert all(methods.count(m) >= 2 for m in METHODS)  # the lab's and at least one more
+    # the lab's (where the method has a lab leg) and at least one more
+    assert all(methods.count(m) >= 1 + bool(METHODS[m].lab) for m in METHODS)
 
 
 @pytest.mark.parametrize("method, field_values, message", [

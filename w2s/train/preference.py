@@ -52,7 +52,8 @@ from w2s.train.loop import train
 from w2s.train.losses import arm_loss, dpo_loss, reward_model_loss, sft_loss, simpo_loss
 
 __all__ = ["Encoded", "encode", "collate", "collate_pairs", "sequence_logprobs_of",
-           "score_items", "score_tokens", "token_values", "reference_logprobs", "reward_scores", "train_sft", "train_dpo",
+           "score_items", "score_tokens", "token_values", "reference_logprobs", "reward_scores", "train_sft", "train_dpo", "weighted_losses",
+           "preference_loss_fn",
            "train_reward_model", "encode_pairs", "OBJECTIVES"]
 
 OBJECTIVES = ("dpo", "simpo", "arm")
@@ -268,6 +269,45 @@ def reward_scores(model, items: Sequence[Encoded], pad_id: int, *, batch_size: i
     return scores
 
 
+def weighted_losses(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-pair losses [B] times per-pair weights [B] (CW-PO's weighted objective: the loop's
+    mean over pairs then gives ``(1/B) sum_i w_i * loss_i``)."""
+    return losses * weights.to(device=losses.device, dtype=losses.dtype)
+
+
+def preference_loss_fn(objective: str, beta: float, *, ftx: float = 0.0,
+                       simpo_gamma: float = 1.0):
+    """The loop's ``loss_fn(model, batch)`` of :func:`train_dpo`: one forward pass over a
+    :func:`collate_pairs` batch, per-pair losses of ``objective`` (times the batch's ``weight``
+    when it has one, :func:`weighted_losses`), and the implicit reward margin and accuracy."""
+
+    def loss_fn(m, batch):
+        summed, n = sequence_logprobs_of(m, batch)
+        b = summed.shape[0] // 2
+        chosen, rejected = summed[:b], summed[b:]
+        if objective == "dpo":
+            ref_c = batch["ref_chosen"].to(summed.device)
+            ref_r = batch["ref_rejected"].to(summed.device)
+            losses = dpo_loss(chosen, rejected, ref_c, ref_r, beta=beta)
+            margin = beta * ((chosen - ref_c) - (rejected - ref_r)).detach()
+            if ftx:
+                losses = losses + ftx * sft_loss(chosen, n[:b])
+        elif objective == "arm":
+            losses = arm_loss(chosen, rejected, beta=beta)
+            margin = beta * (chosen - rejected).detach()
+        else:
+            avg_c = chosen / n[:b].clamp_min(1)
+            avg_r = rejected / n[b:].clamp_min(1)
+            losses = simpo_loss(avg_c, avg_r, beta=beta, gamma=simpo_gamma)
+            margin = beta * (avg_c - avg_r).detach()
+        if "weight" in batch:
+            losses = weighted_losses(losses, batch["weight"])
+        return {"loss": losses, "reward_margin": margin,
+                "reward_accuracy": (margin > 0).float()}
+
+    return loss_fn
+
+
 # --------------------------------------------------------------------------------------------
 # stages
 
@@ -295,8 +335,13 @@ def train_sft(model, tokenizer, rows: Sequence[dict], config, *, max_len: int = 
 def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str = "dpo",
               beta: float | None = None, ftx: float = 0.0, simpo_gamma: float = 1.0,
               max_len: int = 512, chat: bool = True, sep: str = "", ref_batch_size: int = 16,
-              reference_adapters: bool = False, bos: bool = True, **train_kwargs: Any):
+              reference_adapters: bool = False, bos: bool = True,
+              weights: Sequence[float] | None = None, **train_kwargs: Any):
     """Preference optimisation on ``{prompt, chosen, rejected}`` rows.
+
+    ``weights`` (one float per row, >= 0): each pair's loss is multiplied by its weight before
+    the loop averages over the batch (confidence-weighted preference optimisation, CW-PO: pairs
+    weighted by the annotator's confidence); None = every pair weight 1.
 
     objective ``"dpo"``: :func:`~w2s.train.losses.dpo_loss` (beta default 0.1) against the
     model's own log-probs before training (precomputed, see :func:`reference_logprobs`; under
@@ -319,31 +364,20 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
         raise W2SError(f"ftx (the SFT weight) must be >= 0, got {ftx}")
     pad = pad_id(tokenizer)
     examples = encode_pairs(tokenizer, rows, max_len=max_len, chat=chat, sep=sep, bos=bos)
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(examples):
+            raise W2SError(f"{len(weights)} weights for {len(examples)} preference rows; give "
+                           "one weight per row")
+        if any(not (w >= 0) or w == float("inf") for w in weights):
+            raise W2SError("pair weights must be finite and >= 0")
+        for e, w in zip(examples, weights, strict=True):
+            e["weight"] = w
     if objective == "dpo":
         reference_logprobs(model, examples, pad, batch_size=ref_batch_size,
                            adapters=reference_adapters)
 
-    def loss_fn(m, batch):
-        summed, n = sequence_logprobs_of(m, batch)
-        b = summed.shape[0] // 2
-        chosen, rejected = summed[:b], summed[b:]
-        if objective == "dpo":
-            ref_c = batch["ref_chosen"].to(summed.device)
-            ref_r = batch["ref_rejected"].to(summed.device)
-            losses = dpo_loss(chosen, rejected, ref_c, ref_r, beta=beta)
-            margin = beta * ((chosen - ref_c) - (rejected - ref_r)).detach()
-            if ftx:
-                losses = losses + ftx * sft_loss(chosen, n[:b])
-        elif objective == "arm":
-            losses = arm_loss(chosen, rejected, beta=beta)
-            margin = beta * (chosen - rejected).detach()
-        else:
-            avg_c = chosen / n[:b].clamp_min(1)
-            avg_r = rejected / n[b:].clamp_min(1)
-            losses = simpo_loss(avg_c, avg_r, beta=beta, gamma=simpo_gamma)
-            margin = beta * (avg_c - avg_r).detach()
-        return {"loss": losses, "reward_margin": margin,
-                "reward_accuracy": (margin > 0).float()}
+    loss_fn = preference_loss_fn(objective, beta, ftx=ftx, simpo_gamma=simpo_gamma)
 
     train_kwargs.setdefault("description", objective)
     return train(model, examples, loss_fn=loss_fn,
