@@ -27,10 +27,13 @@ One GPU, or the CPU::
              --sft alignment-handbook/zephyr-7b-sft-full --alphas 0.1,0.3,0.5
     w2s expo --from-run runs/wspo/<run>                                     # a finished run
 
-Several GPUs (the extrapolation is one pass over the tensors; generation is the cost, so use the
-vllm-free hf backend per process or shard the alphas over jobs)::
+Several GPUs: one process per GPU, each sweeping some alphas into the shared cache (alpha 0 is
+built once: the others wait for it), then one run over all alphas that finds every answer
+cached and only judges::
 
-    accelerate launch -m w2s expo --recipe recipes/expo/zephyr-7b-dpo-full.yaml
+    CUDA_VISIBLE_DEVICES=0 w2s expo --recipe recipes/expo/zephyr-7b-dpo-full.yaml --alphas 0.1,0.2 &
+    CUDA_VISIBLE_DEVICES=1 w2s expo --recipe recipes/expo/zephyr-7b-dpo-full.yaml --alphas 0.3,0.4,0.5
+    wait; w2s expo --recipe recipes/expo/zephyr-7b-dpo-full.yaml     # all cached: judge, save
 """
 
 from w2s.methods.expo.config import ExpoConfig

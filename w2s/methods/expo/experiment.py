@@ -245,7 +245,7 @@ def run(cfg: ExpoConfig) -> dict:
                            "none (use --select-by win_rate)")
         best = pick_best(table, by)
         top = max(table[1:], key=lambda r: (r[by], -r["alpha"]))  # the best extrapolated one
-        if cfg.save_best:
+        if cfg.save_best and run.main:
             model, tok = cands.at(best)
             save_model(model, tok, run.path / "model")
         note = plot(table, best, run.path / "expo.png")
