@@ -264,3 +264,37 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_run_dir(case, pair, tmp_path
     code, _, err = run_cli(["expo", *flags, *base, "--run-dir", str(run_dir)], capsys)
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert not run_dir.exists()
+
+
+def test_from_a_real_tiny_wspo_run(tmp_path, cache_dir, capsys):
+    """A finished tiny ``w2s wspo`` run (its strong start, ``tiny:llama-2x32``, is a random tiny
+    model: written once to the cache as a safetensors folder) is the pair; without
+    --save-model the same run is refused."""
+    wspo = ["wspo", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32", "--task",
+            "toy-preference", "--n-train", "8", "--n-eval", "4", "--judge", "vader", "--mode",
+            "full", "--max-len", "64", "--max-new-tokens", "4", "--gen-batch-size", "8",
+            "--weak-dpo-max-steps", "1", "--weak-dpo-batch-size", "8",
+            "--weak-dpo-micro-batch-size", "8", "--strong-train-max-steps", "2",
+            "--strong-train-batch-size", "8", "--strong-train-micro-batch-size", "8",
+            "--strong-train-lr", "1e-2", "--seed", "3"]
+    run = tmp_path / "wspo"
+    code, _, err = run_cli([*wspo, "--run-dir", str(run)], capsys)
+    assert code == 0, err
+    out = tmp_path / "expo"
+    code, _, err = run_cli(["expo", "--from-run", str(run), *FAST, "--alphas", "1",
+                            "--run-dir", str(out)], capsys)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pair"]["sft"] == "tiny:llama-2x32" and m["pair"]["aligned"] == str(run / "model")
+    # the start is the random tiny model as that run initialised it (its seed, 3)
+    start, _ = load_causal_lm("tiny:llama-2x32", device="cpu", dtype="fp32", seed=3)
+    trained = _state(run / "model")
+    expected = extrapolate(trained, {k: v for k, v in start.state_dict().items()
+                                     if k in trained}, m["best_alpha"])
+    for key, value in expected.items():
+        torch.testing.assert_close(_state(out / "model")[key], value)
+    unsaved = tmp_path / "unsaved"
+    assert run_cli([*wspo, "--no-save-model", "--run-dir", str(unsaved)], capsys)[0] == 0
+    code, _, err = run_cli(["expo", "--from-run", str(unsaved), *FAST,
+                            "--run-dir", str(tmp_path / "none")], capsys)
+    assert code == 2 and "saved no model" in err and not (tmp_path / "none").exists()

@@ -39,7 +39,7 @@ VERSION = 1
 """Part of every cache key: bump when what a stage computes changes."""
 
 
-def weights_folder(name: str, cache: Cache) -> Path:
+def weights_folder(name: str, cache: Cache, seed: int = 0) -> Path:
     """A folder of safetensors weights for model ``name``: a local folder as it is, a tiny
     model's pretrained folder, a hub model's cached snapshot; anything else (a random tiny
     model, a snapshot without safetensors) is loaded once and written to the cache."""
@@ -65,9 +65,11 @@ def weights_folder(name: str, cache: Cache) -> Path:
     from w2s.models import load_causal_lm, save_model
     from w2s.models.resolve import model_identity
 
-    with cached_stage(cache, "expo-weights", "weights", model=model_identity(resolved)) as st:
+    # a random tiny model is its seed's: the seed that run loaded it with
+    with cached_stage(cache, "expo-weights", "weights", model=model_identity(resolved),
+                      seed=seed if resolved.source == "tiny" else None) as st:
         if not st.done:
-            model, tok = load_causal_lm(resolved, dtype="fp32", device="cpu")
+            model, tok = load_causal_lm(resolved, dtype="fp32", device="cpu", seed=seed)
             st.publish(lambda f: save_model(model, tok, f), meta={"model": name})
             del model
     return st.path
@@ -205,9 +207,10 @@ def run(cfg: ExpoConfig) -> dict:
     validate(cfg)
     cache = Cache()
     pair = resolve_pair(cfg.aligned, cfg.sft, cfg.from_run)   # bad input: before any run dir
-    folders = ({"aligned": weights_folder(pair.aligned, cache),
-                "sft": weights_folder(pair.sft, cache)} if pair.kind == "full"
-               else {"base": weights_folder(pair.base, cache)})
+    seed = cfg.seed if pair.seed is None else int(pair.seed)
+    folders = ({"aligned": weights_folder(pair.aligned, cache, seed),
+                "sft": weights_folder(pair.sft, cache, seed)} if pair.kind == "full"
+               else {"base": weights_folder(pair.base, cache, seed)})
     cands = Candidates(pair, folders, cfg)
     rows, prompt_format = load_prompts(cfg)
     hh = prompt_format == "hh"

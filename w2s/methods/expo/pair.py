@@ -31,6 +31,7 @@ class Pair:
     base: str | None = None
     scale: float = 1.0
     source: str = "flags"
+    seed: int | None = None  # the run's seed: what a random tiny start was initialised with
 
 
 def resolve_pair(aligned: str | None, sft: str | None, from_run: str | None) -> Pair:
@@ -74,7 +75,7 @@ def pair_from_run(run: Path) -> Pair:
                            "safetensors and init/adapters/student-pos.safetensors)")
         scale = float(cfg.get("lora_alpha", 16)) / float(cfg.get("lora_r", 8))
         return Pair("adapter", str(aligned), str(sft), base=str(cfg["strong"]), scale=scale,
-                    source=f"{where}: the student's adapter after iteration {last} vs after "
+                    seed=cfg.get("seed"), source=f"{where}: the student's adapter after iteration {last} vs after "
                            "its SFT")
     if not (run / "model" / "config.json").is_file():
         fix = " (rerun it with --save-model)" if method == "wspo" else ""
@@ -83,5 +84,5 @@ def pair_from_run(run: Path) -> Pair:
     if start is None:
         raise W2SError(f"{where} names no starting model (sft, reference or strong in "
                        "config.yaml); give --aligned and --sft instead")
-    return Pair("full", str(run / "model"), str(start),
+    return Pair("full", str(run / "model"), str(start), seed=cfg.get("seed"),
                 source=f"{where}: <run>/model vs its start {start}")
