@@ -425,6 +425,9 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                   "judge_batch_size lora_alpha lora_r max_len max_new_tokens mode n_bins n_eval "
                   "n_labelled n_unlabelled run_dir samples_per_prompt score_batch_size seed strong "
                   "strong_beta strong_dpo task temperature top_k top_p weak weak_dpo",
+    "expo": "aligned alphas chat device dtype from_run gen_batch_size judge judge_batch_size "
+            "max_new_tokens n_prompts run_dir samples_per_prompt save_best seed select_by sft "
+            "task temperature top_k top_p",
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dpo_preference dtype eos "
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
@@ -439,7 +442,8 @@ SECTIONS = {"generalize": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
             "macpo": {"lora": Lora, "judging": Judging, "runtime": Runtime},
             "deception": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
             "weak-label": {"lora": Lora, "judging": Judging, "sampling": Sampling,
-                           "runtime": Runtime}}
+                           "runtime": Runtime},
+            "expo": {"judging": Judging, "sampling": Sampling, "runtime": Runtime}}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
