@@ -25,6 +25,7 @@ REPRODUCE_ENV ?= HF_HUB_OFFLINE=0
 .PHONY: demo-deception reproduce-deception
 .PHONY: demo-macpo reproduce-macpo
 .PHONY: demo-wspo reproduce-wspo
+.PHONY: demo-logits reproduce-logits demo-expo reproduce-expo demo-weak-label reproduce-weak-label
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,9 @@ demo-tiny: install  ## every method on its tiny in-process recipe (minutes; what
 	$(MAKE) --no-print-directory demo-wspo
 	$(MAKE) --no-print-directory demo-macpo
 	$(MAKE) --no-print-directory demo-deception
+	$(MAKE) --no-print-directory demo-logits
+	$(MAKE) --no-print-directory demo-weak-label
+	$(MAKE) --no-print-directory demo-expo
 	$(BIN)/w2s runs runs
 
 demo-generalize: install  ## W2S generalization in the tiny world: weak < w2s < ceiling, PGR with CI
@@ -128,6 +132,29 @@ WSPO_LAUNCH ?= $(BIN)/python -m
 reproduce-wspo: install  ## WSPO paper setting (GPU); prints the plan first
 	$(BIN)/w2s wspo --recipe $(WSPO_RECIPE) --dry-run
 	$(REPRODUCE_ENV) $(WSPO_LAUNCH) w2s wspo --recipe $(WSPO_RECIPE)
+
+demo-logits: install  ## the logit-arithmetic decoders on tiny models: proxy, EFT, GenARM, ED; then W2S jailbreaking
+	$(BIN)/w2s search --recipe recipes/search/tiny-logits.yaml
+	$(BIN)/w2s search --recipe recipes/search/tiny-jailbreak.yaml
+
+reproduce-logits: install  ## the papers' settings: proxy-tuning (Llama-2), GenARM (Tulu2), emulated disalignment (Llama-2-7B); GPU + hub
+	$(REPRODUCE_ENV) $(BIN)/w2s search --recipe recipes/search/proxy-llama2-70b.yaml
+	$(REPRODUCE_ENV) $(BIN)/w2s search --recipe recipes/search/genarm-tulu2-70b.yaml
+	$(REPRODUCE_ENV) $(BIN)/w2s search --recipe recipes/search/ed-llama2-7b.yaml
+	@echo "W2S jailbreaking needs the authors' unsafe 7B model and AdvBench: see recipes/search/jailbreak-llama2-13b.yaml"
+
+demo-weak-label: install  ## weak-model preference labels on tiny models: label agreement, the strong model on weak vs gold labels
+	$(BIN)/w2s weak-label --recipe recipes/weak_label/tiny.yaml
+
+reproduce-weak-label: install  ## the paper's setting: OPT weak annotator, OPT strong model, HH-RLHF (GPU + hub)
+	$(REPRODUCE_ENV) $(BIN)/w2s weak-label --recipe recipes/weak_label/hh-opt.yaml
+
+demo-expo: install  ## ExPO on a tiny SFT / aligned pair: the alpha sweep and its curve
+	$(BIN)/w2s expo --recipe recipes/expo/tiny.yaml
+
+reproduce-expo: install  ## ExPO on the authors' zephyr pairs, judged on AlpacaEval prompts (GPU + hub)
+	$(REPRODUCE_ENV) $(BIN)/w2s expo --recipe recipes/expo/zephyr-7b-dpo-full.yaml
+	$(REPRODUCE_ENV) $(BIN)/w2s expo --recipe recipes/expo/zephyr-7b-beta.yaml
 
 lint: install
 	$(BIN)/ruff check w2s tests benchmarks
