@@ -254,3 +254,11 @@ def test_small_test_split_warns():
 def test_asking_for_more_rows_than_exist_warns_and_uses_all():
     with pytest.warns(UserWarning, match="only 2000 usable rows"):
         assert len(load_task("toy-sentiment", n=5000)) == 2000
+
+
+def test_sample_rows_numbers_each_prompts_samples():
+    from w2s.data.core import sample_rows
+
+    rows = [{"id": "a", "prompt": "p", "x": 1}, {"id": "b", "prompt": "q"}]
+    assert sample_rows(rows, 1) == [{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}]
+    assert [r["id"] for r in sample_rows(rows, 2)] == ["a#0", "a#1", "b#0", "b#1"]

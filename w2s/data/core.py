@@ -189,3 +189,11 @@ def as_prompts(data: TaskData, prefix_words: int = 8) -> TaskData:
     if data.kind == "classification":
         meta["prefix_words"] = prefix_words
     return TaskData(data.name, "prompts", rows, meta)
+
+
+def sample_rows(rows: list[dict], k: int) -> list[dict]:
+    """``{id, prompt}`` rows answering each prompt ``k`` times: ids ``<id>#0 .. <id>#k-1`` (the
+    plain id when ``k`` is 1), so several samples of one prompt pair with their judgments and
+    cluster by prompt."""
+    return [{"id": r["id"] if k == 1 else f"{r['id']}#{s}", "prompt": r["prompt"]}
+            for r in rows for s in range(k)]

@@ -129,7 +129,7 @@ def load_prompts(cfg: ExpoConfig) -> tuple[list[dict], str]:
     import warnings
 
     from w2s.data import load_task
-    from w2s.data.core import as_prompts
+    from w2s.data.core import as_prompts, sample_rows
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -138,8 +138,7 @@ def load_prompts(cfg: ExpoConfig) -> tuple[list[dict], str]:
     if not prompts.rows:
         raise W2SError(f"task '{cfg.task}' has no test prompts to answer")
     k = cfg.samples_per_prompt
-    rows = [{"id": r["id"] if k == 1 else f"{r['id']}#{s}", "prompt": r["prompt"]}
-            for r in prompts.rows for s in range(k)]
+    rows = sample_rows(prompts.rows, k)
     return rows, test.meta.get("prompt_format", "plain")
 
 

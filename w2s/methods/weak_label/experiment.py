@@ -74,7 +74,7 @@ def make_plan(cfg: WeakLabelConfig) -> Plan:
     """Validate ``cfg``, resolve the models and the judge, load the task and cut its train pairs
     into the labelled and the unlabelled split (disjoint, seeded); one-line errors."""
     from w2s.data import load_task
-    from w2s.data.core import as_prompts
+    from w2s.data.core import as_prompts, sample_rows
     from w2s.data.splits import split_rows
     from w2s.evaluation.judges import build_judge, parse_judge
     from w2s.models import pick_dtype, resolve_model
@@ -106,8 +106,7 @@ def make_plan(cfg: WeakLabelConfig) -> Plan:
     if not prompts.rows:
         raise W2SError(f"task '{cfg.task}' has no test prompts to evaluate on")
     k = cfg.samples_per_prompt
-    eval_rows = [{"id": r["id"] if k == 1 else f"{r['id']}#{s}", "prompt": r["prompt"]}
-                 for r in prompts.rows for s in range(k)]
+    eval_rows = sample_rows(prompts.rows, k)
     return Plan(cfg, weak, strong, {"weak": model_identity(weak),
                                     "strong": model_identity(strong)},
                 str(pick_dtype(cfg.dtype)).removeprefix("torch."), parts["labelled"],

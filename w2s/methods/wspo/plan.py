@@ -213,7 +213,7 @@ def _check_judge_available(judge: str, dry: bool, plan: Plan) -> None:
 def _load_data(plan: Plan) -> None:
     """Training pairs (``n_train``, seeded) and held-out prompts (``n_eval`` from the test split)."""
     from w2s.data import load_task
-    from w2s.data.core import TaskData, as_prompts
+    from w2s.data.core import TaskData, as_prompts, sample_rows
     from w2s.data.splits import warn_if_small
 
     cfg = plan.cfg
@@ -239,8 +239,7 @@ def _load_data(plan: Plan) -> None:
     if not prompts.rows:
         raise W2SError(f"task '{cfg.task}' has no test prompts to evaluate on")
     k = cfg.samples_per_prompt
-    plan.eval_rows = [{"id": r["id"] if k == 1 else f"{r['id']}#{s}", "prompt": r["prompt"]}
-                      for r in prompts.rows for s in range(k)]
+    plan.eval_rows = sample_rows(prompts.rows, k)
     warn_if_small(len(prompts.rows), "wspo evaluation prompts", stacklevel=4)
 
 
