@@ -26,6 +26,7 @@ REPRODUCE_ENV ?= HF_HUB_OFFLINE=0
 .PHONY: demo-macpo reproduce-macpo
 .PHONY: demo-wspo reproduce-wspo
 .PHONY: demo-logits reproduce-logits demo-expo reproduce-expo demo-weak-label reproduce-weak-label
+.PHONY: demo-reason reproduce-reason
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +70,7 @@ demo-tiny: install  ## every method on its tiny in-process recipe (minutes; what
 	$(MAKE) --no-print-directory demo-logits
 	$(MAKE) --no-print-directory demo-weak-label
 	$(MAKE) --no-print-directory demo-expo
+	$(MAKE) --no-print-directory demo-reason
 	$(BIN)/w2s runs runs
 
 demo-generalize: install  ## W2S generalization in the tiny world: weak < w2s < ceiling, PGR with CI
@@ -155,6 +157,14 @@ demo-expo: install  ## ExPO on a tiny SFT / aligned pair: the alpha sweep and it
 reproduce-expo: install  ## ExPO on the authors' zephyr pairs, judged on AlpacaEval prompts (GPU + hub)
 	$(REPRODUCE_ENV) $(BIN)/w2s expo --recipe recipes/expo/zephyr-7b-dpo-full.yaml
 	$(REPRODUCE_ENV) $(BIN)/w2s expo --recipe recipes/expo/zephyr-7b-beta.yaml
+
+demo-reason: install  ## weak-to-strong reasoning on tiny models and offline arithmetic: accuracy per stage, PGR, no judge
+	$(BIN)/w2s reason --recipe recipes/reason/tiny.yaml
+
+reproduce-reason: install  ## the paper's settings: Llama2-7b -> Llama2-70b on GSM8K and MATH, Llama3-8b-instruct -> 70b (GPUs + hub)
+	$(REPRODUCE_ENV) $(BIN)/w2s reason --recipe recipes/reason/gsm8k-llama2-70b.yaml
+	$(REPRODUCE_ENV) $(BIN)/w2s reason --recipe recipes/reason/math-llama2-70b.yaml
+	$(REPRODUCE_ENV) $(BIN)/w2s reason --recipe recipes/reason/math-llama3-8b-70b.yaml
 
 lint: install
 	$(BIN)/ruff check w2s tests benchmarks

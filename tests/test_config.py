@@ -428,6 +428,11 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
     "expo": "aligned alphas chat device dtype from_run gen_batch_size judge judge_batch_size "
             "max_new_tokens n_prompts run_dir samples_per_prompt save_best seed select_by sft "
             "task temperature top_k top_p",
+    "reason": "beta chat dtype flip_confidence full_weak_baseline gen_batch_size icl_shots "
+              "iterations lora_alpha lora_r lora_targets max_len max_new_tokens max_pairs "
+              "min_confidence mode n_boot n_samples n_test n_w2s n_weak_train pairs pref run_dir "
+              "sample_temperature score_batch_size seed selection stage1_data stage2 strong "
+              "strong_sft task weak weak_sft weak_shots weak_supervision",
     "deception": "alpha beta bootstrap_via conf_threshold conflict device dpo_preference dtype eos "
                  "filter_helpful "
                  "eval_batch_size headline helpful_task launcher lora_alpha lora_r max_ctx mode "
@@ -443,7 +448,8 @@ SECTIONS = {"generalize": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
             "deception": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
             "weak-label": {"lora": Lora, "judging": Judging, "sampling": Sampling,
                            "runtime": Runtime},
-            "expo": {"judging": Judging, "sampling": Sampling, "runtime": Runtime}}
+            "expo": {"judging": Judging, "sampling": Sampling, "runtime": Runtime},
+            "reason": {"lora": Lora, "runtime": Runtime}}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -61,6 +61,26 @@ def test_stage_texts_follow_the_selector():
         stage_texts(Stage("toy-sentiment", "7", 1), tok)
 
 
+def test_a_reasoning_corpus_is_solved_problems_in_documents_of_two():
+    from w2s.data import load_task
+    from w2s.data.reasoning import question_prompt
+
+    tok = tiny_tokenizer()
+    texts = stage_texts(Stage("toy-arithmetic-corpus", None, 1), tok)
+    rows = load_task("toy-arithmetic-corpus", split="train").rows
+    assert len(texts) == (len(rows) + 1) // 2
+    first = f"{question_prompt(rows[0]['prompt'])} {rows[0]['solution']}"
+    second = f"{question_prompt(rows[1]['prompt'])} {rows[1]['solution']}"
+    assert texts[0] == f"{first}\n\n{second}</s>"
+    # the corpus never holds a problem of toy-arithmetic (its train or test split)
+    corpus = {r["prompt"] for r in rows}
+    task = {r["prompt"] for split in ("train", "test")
+            for r in load_task("toy-arithmetic", split=split).rows}
+    assert corpus and not corpus & task
+    with pytest.raises(W2SError, match="takes no selector"):
+        stage_texts(Stage("toy-arithmetic-corpus", "chosen", 1), tok)
+
+
 def _nll(model, tok, text):
     ids = torch.tensor([tok(text).input_ids])
     with torch.no_grad():

@@ -109,8 +109,9 @@ def _print_finished(name: str, metrics: dict) -> None:
     table.add_column("value", justify="right")
     for key in first + rest:
         value = metrics[key]
-        table.add_row(key, _cell(value) if value is not None
-                      else f"undefined: {null_reason(metrics, key)}")
+        reason = null_reason(metrics, key) or ""
+        table.add_row(key, _cell(value) if value is not None else
+                      reason if reason.startswith("undefined") else f"undefined: {reason}")
     console.print(table)
     path = last_finished_run()
     if path is not None:

@@ -96,33 +96,53 @@ _register(HubTask("math", "reasoning",
 
 NAMES = ("Ada", "Ben", "Chloe", "Dev", "Ema", "Femi", "Gus", "Hana", "Ivo", "Jun")
 ITEMS = ("apples", "marbles", "stamps", "books", "shells", "coins", "cards", "pens")
-POOL_SIZE = 1000
+POOL_SIZE = 2500
 
 
-def toy_arithmetic_rows(size: int, seed: int) -> list[dict]:
-    """``size`` distinct problems: a start, a purchase of ``k`` packs of ``m``, a loss, asked
-    for the total. The worked solution does each step and ends ``#### N``."""
+def question_prompt(question: str) -> str:
+    """The zero-shot prompt of a reasoning problem, ``Question: ...\nAnswer:`` (the authors'
+    "vanilla" template of weak-to-strong reasoning): what ``w2s reason`` trains and asks with, and
+    what a tiny model's reasoning corpus stage reads, the solution following after one space."""
+    return f"Question: {question}\nAnswer:"
+
+
+def _arithmetic_problem(rng: random.Random) -> tuple:
+    return (rng.choice(NAMES), rng.choice(ITEMS), rng.randint(1, 9), rng.randint(2, 3),
+            rng.randint(2, 4), rng.randint(1, 5))
+
+
+def toy_arithmetic_rows(size: int, seed: int, exclude: frozenset = frozenset()) -> list[dict]:
+    """``size`` distinct problems: a start (1..9), a purchase of ``k`` packs (2..3) of ``m``
+    (2..4), a gift (1..5), asked for the total (0..21); never one of ``exclude`` (problem tuples). The worked solution does each step and
+    ends ``#### N``. Short on purpose (about 120 bytes each): a byte-level tiny model reads a
+    two-shot prompt within its 512 positions."""
     rng = random.Random(seed)
-    rows, seen = [], set()
+    rows, seen = [], set(exclude)
     while len(rows) < size:
-        name, item = rng.choice(NAMES), rng.choice(ITEMS)
-        start, packs, per, lost = (rng.randint(2, 30), rng.randint(2, 9), rng.randint(2, 12),
-                                   rng.randint(1, 10))
-        key = (name, item, start, packs, per, lost)
+        key = _arithmetic_problem(rng)
         if key in seen:
             continue
         seen.add(key)
+        name, item, start, packs, per, lost = key
         bought = packs * per
         total = start + bought - lost
-        prompt = (f"{name} has {start} {item}. {name} buys {packs} packs of {per} {item} each, "
-                  f"then gives away {lost}. How many {item} does {name} have now?")
-        solution = (f"{name} buys {packs} * {per} = {bought} {item}. "
-                    f"{name} then has {start} + {bought} = {start + bought} {item}. "
-                    f"After giving away {lost}, {name} has {start + bought} - {lost} = {total}.\n"
-                    f"#### {total}")
+        prompt = (f"{name} has {start} {item}, buys {packs} packs of {per} and gives away {lost}. "
+                  f"How many {item} now?")
+        solution = (f"{packs} * {per} = {bought}. {start} + {bought} = {start + bought}. "
+                    f"{start + bought} - {lost} = {total}.\n#### {total}")
         rows.append({"id": f"arith-{len(rows)}", "prompt": prompt, "solution": solution,
                      "answer": str(total)})
     return rows
+
+
+def _problems(rows: list[dict]) -> frozenset:
+    rng_keys = set()
+    for r in rows:
+        words = r["prompt"].replace(",", " ").replace(".", " ").split()
+        name, item = words[0], words[3]
+        numbers = tuple(int(w) for w in words if w.isdigit())
+        rng_keys.add((name, item, *numbers))
+    return frozenset(rng_keys)
 
 
 @register_task("toy-arithmetic", kind="reasoning", source="synthetic",
@@ -133,5 +153,23 @@ def load_toy_arithmetic(*, split: str = "train", n: int | None = None, seed: int
     """The ``toy-arithmetic`` task: ``size`` problems from ``data_seed``, split 80/20."""
     data = TaskData("toy-arithmetic", "reasoning", toy_arithmetic_rows(size, data_seed),
                     {"source": "synthetic", "generator_seed": data_seed, "pool_size": size,
+                     "prompt_format": "plain"})
+    return split_in_memory(data, split, n, seed)
+
+
+@register_task("toy-arithmetic-corpus", kind="reasoning", source="synthetic",
+               description="4000 more toy-arithmetic problems, none of toy-arithmetic's: a "
+                           "pretraining corpus for tiny models (tiny:...+toy-arithmetic-corpus)",
+               license="project-made")
+def load_toy_arithmetic_corpus(*, split: str = "train", n: int | None = None, seed: int = 0,
+                               size: int = 4000) -> TaskData:
+    """Problems drawn like ``toy-arithmetic``'s from another seed, excluding every problem of
+    ``toy-arithmetic`` (train and test): a tiny model pretrained on it has practised the skill,
+    never seen an experiment's problem."""
+    taken = _problems(toy_arithmetic_rows(POOL_SIZE, 0))
+    rows = [{**r, "id": f"arith-corpus-{i}"}
+            for i, r in enumerate(toy_arithmetic_rows(size, 1, exclude=taken))]
+    data = TaskData("toy-arithmetic-corpus", "reasoning", rows,
+                    {"source": "synthetic", "generator_seed": 1, "pool_size": size,
                      "prompt_format": "plain"})
     return split_in_memory(data, split, n, seed)

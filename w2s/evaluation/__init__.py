@@ -18,6 +18,7 @@ from w2s.evaluation.pgr import (
     ROLE_W2S,
     ROLE_WEAK,
     ROLES,
+    bootstrap_accuracy,
     bootstrap_pgr,
     pgr,
     pgr_from_predictions,
@@ -32,7 +33,7 @@ from w2s.evaluation.winrate import (
     win_rate,
 )
 
-__all__ = ["pgr", "pgr_with_reason", "bootstrap_pgr", "pgr_from_predictions", "ROLES",
+__all__ = ["pgr", "pgr_with_reason", "bootstrap_pgr", "bootstrap_accuracy", "pgr_from_predictions", "ROLES",
            "ROLE_WEAK", "ROLE_CEILING", "ROLE_W2S",
            "win_rate", "length_controlled_win_rate", "fit_length_glm", "evaluate_winrate",
            "preference_from_verdicts", "preference_from_scores", "build_judge", "parse_judge",

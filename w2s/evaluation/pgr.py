@@ -101,6 +101,28 @@ def bootstrap_pgr(weak_correct: Sequence, w2s_correct: Sequence, ceiling_correct
     return out
 
 
+def bootstrap_accuracy(correct: Sequence, *, n_boot: int = 1000, seed: int = 0,
+                       ci: float = 0.95) -> dict[str, Any]:
+    """Accuracy of per-example correctness with a bootstrap percentile interval.
+
+    Returns ``{"acc", "ci_low", "ci_high", "ci", "n", "n_boot"}``; the resamples are of example
+    indices, drawn from ``seed`` (the same seed as :func:`bootstrap_pgr` draws the same indices).
+
+    >>> bootstrap_accuracy([True, True, False, True], n_boot=0)["acc"]
+    0.75
+    """
+    c = _as_bool_array("correctness", correct)
+    out: dict[str, Any] = {"acc": float(c.mean()), "ci_low": None, "ci_high": None, "ci": ci,
+                           "n": int(c.size), "n_boot": n_boot}
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, c.size, size=(n_boot, c.size))
+        boot = c[idx].mean(axis=1)
+        alpha = (1 - ci) / 2
+        out["ci_low"], out["ci_high"] = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
+    return out
+
+
 def pgr_from_predictions(rows: Sequence[dict], *, n_boot: int = 1000, seed: int = 0
                          ) -> dict[str, dict[str, Any]]:
     """PGR for every (weak, strong) pair found in per-example prediction rows.
@@ -169,7 +191,7 @@ def eval_pgr(run_dir=None, weak: str | None = None, w2s: str | None = None,
         if not Path(run_dir).is_dir():
             raise W2SError(f"run directory {run_dir} does not exist")
         if not path.is_file():
-            raise W2SError(f"{run_dir} has no predictions.jsonl; PGR needs a generalize run")
+            raise W2SError(f"{run_dir} has no predictions.jsonl; PGR needs a generalize or reason run")
         return pgr_from_predictions(read_jsonl(path), n_boot=n_boot, seed=seed)
     if not all(given):
         raise W2SError("give a RUN_DIR, or all three of --weak, --w2s and --ceiling")

@@ -42,6 +42,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from w2s.data import load_task
+from w2s.data.reasoning import question_prompt
 from w2s.errors import W2SError
 from w2s.models.builders import register_builder
 from w2s.models.loading import format_chat
@@ -54,6 +55,8 @@ from w2s.train.lm import train_lm
 STAGE_BATCH = 32
 STAGE_LR = 3e-3
 MAX_TOKENS = 256
+REASONING_DOC = 2
+"""Problems per training text of a reasoning corpus stage."""
 VERSION = CORPUS_VERSION
 """Part of every stage's cache key; the model layer keeps it (:data:`w2s.models.tiny.CORPUS_VERSION`)
 because :func:`w2s.models.resolve.model_identity` names it too."""
@@ -79,6 +82,14 @@ def stage_texts(stage: Stage, tokenizer) -> list[str]:
                            f"=rejected, got '={sel}'")
         fields = [sel] if sel else ["chosen", "rejected"]
         texts = [format_chat(tokenizer, r["prompt"], r[f]) + eos for r in data.rows for f in fields]
+    elif data.kind == "reasoning":
+        if sel is not None:
+            raise W2SError(f"corpus stage '+{stage}': a reasoning task takes no selector")
+        solved = [f"{question_prompt(r['prompt'])} {r['solution']}" for r in data.rows]
+        # documents of REASONING_DOC problems a blank line apart: a few-shot prompt is then
+        # text the model has read, so it can answer in context as well as zero-shot
+        texts = ["\n\n".join(solved[i:i + REASONING_DOC]) + eos
+                 for i in range(0, len(solved), REASONING_DOC)]
     else:
         if sel is not None:
             raise W2SError(f"corpus stage '+{stage}': a prompts task takes no selector")

@@ -280,6 +280,25 @@ def simpo_loss(policy_chosen_avg: torch.Tensor, policy_rejected_avg: torch.Tenso
     return -torch.nn.functional.logsigmoid(z)
 
 
+def orpo_loss(policy_chosen_avg: torch.Tensor, policy_rejected_avg: torch.Tensor,
+              beta: float = 0.1) -> torch.Tensor:
+    """ORPO (Hong et al. 2024, arXiv 2403.07691): SFT plus an odds-ratio term, no reference. [B].
+
+    With ``a = avg_logp(y)``, the response's mean per-token log-prob, the odds of ``y`` are
+    ``P / (1 - P)`` with ``P = exp(a)``, so ``log odds(y) = a - log(1 - exp(a))``::
+
+        loss = -a_w  -  beta * log sigmoid(log odds(w) - log odds(l))
+
+    (beta, the odds-ratio weight lambda of the paper, 0.1 in TRL's ``ORPOTrainer`` and in
+    LLaMA-Factory's ``orpo_beta``, which weak-to-strong reasoning trained with). ``a`` is kept
+    below -1e-6 so that a certain response (``P = 1``) gives a large finite log-odds, not inf.
+    """
+    a_w = policy_chosen_avg.float().clamp(max=-1e-6)
+    a_l = policy_rejected_avg.float().clamp(max=-1e-6)
+    log_odds = (a_w - torch.log(-torch.expm1(a_w))) - (a_l - torch.log(-torch.expm1(a_l)))
+    return -a_w - beta * torch.nn.functional.logsigmoid(log_odds)
+
+
 def arm_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, beta: float = 0.05,
              gamma: float = 0.0) -> torch.Tensor:
     """GenARM's autoregressive reward model (Xu et al. 2024, arXiv 2410.08193), per example [B].

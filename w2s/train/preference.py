@@ -49,14 +49,21 @@ from w2s.models.batching import pad_right, spans_mask
 from w2s.models.loading import format_chat, pad_id
 from w2s.models.logprobs import response_logprobs
 from w2s.train.loop import train
-from w2s.train.losses import arm_loss, dpo_loss, reward_model_loss, sft_loss, simpo_loss
+from w2s.train.losses import (
+    arm_loss,
+    dpo_loss,
+    orpo_loss,
+    reward_model_loss,
+    sft_loss,
+    simpo_loss,
+)
 
 __all__ = ["Encoded", "encode", "collate", "collate_pairs", "sequence_logprobs_of",
            "score_items", "score_tokens", "token_values", "reference_logprobs", "reward_scores", "train_sft", "train_dpo", "weighted_losses",
            "preference_loss_fn",
            "train_reward_model", "encode_pairs", "OBJECTIVES"]
 
-OBJECTIVES = ("dpo", "simpo", "arm")
+OBJECTIVES = ("dpo", "simpo", "arm", "orpo")
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,11 @@ def preference_loss_fn(objective: str, beta: float, *, ftx: float = 0.0,
         elif objective == "arm":
             losses = arm_loss(chosen, rejected, beta=beta)
             margin = beta * (chosen - rejected).detach()
+        elif objective == "orpo":
+            avg_c = chosen / n[:b].clamp_min(1)
+            avg_r = rejected / n[b:].clamp_min(1)
+            losses = orpo_loss(avg_c, avg_r, beta=beta)
+            margin = beta * (avg_c - avg_r).detach()
         else:
             avg_c = chosen / n[:b].clamp_min(1)
             avg_r = rejected / n[b:].clamp_min(1)
@@ -351,13 +363,15 @@ def train_dpo(model, tokenizer, rows: Sequence[dict], config, *, objective: str 
     ``"simpo"``: :func:`~w2s.train.losses.simpo_loss` (beta default 2.0, ``simpo_gamma`` 1.0),
     no reference. ``"arm"``: GenARM's autoregressive reward model,
     :func:`~w2s.train.losses.arm_loss` (beta default 0.05) on summed log-probs, no reference,
-    no length normalisation: the model's log-prob becomes the reward. Logged metrics: ``reward_margin`` (the implicit reward of chosen minus
+    no length normalisation: the model's log-prob becomes the reward. ``"orpo"``:
+    :func:`~w2s.train.losses.orpo_loss` (beta, the odds-ratio weight, default 0.1) on
+    length-normalised log-probs, no reference, the SFT term built in. Logged metrics: ``reward_margin`` (the implicit reward of chosen minus
     rejected) and ``reward_accuracy`` (the fraction of pairs where it is positive).
     """
     if objective not in OBJECTIVES:
         raise W2SError(f"unknown preference objective '{objective}'"
                        f"{did_you_mean(objective, OBJECTIVES)}; use one of {list(OBJECTIVES)}")
-    beta = {"dpo": 0.1, "simpo": 2.0, "arm": 0.05}[objective] if beta is None else beta
+    beta = {"dpo": 0.1, "simpo": 2.0, "arm": 0.05, "orpo": 0.1}[objective] if beta is None else beta
     if beta <= 0:
         raise W2SError(f"beta must be > 0, got {beta}")
     if ftx < 0:
