@@ -150,7 +150,7 @@ reproduce-weak-label: install  ## the paper's setting: OPT weak annotator, OPT s
 	$(REPRODUCE_ENV) $(BIN)/w2s weak-label --recipe recipes/weak_label/hh-opt.yaml
 
 demo-expo: install  ## ExPO on a tiny SFT / aligned pair (a short WSPO step): the alpha sweep and its curve
-	$(BIN)/w2s wspo --recipe recipes/wspo/tiny.yaml --run-dir runs/wspo-tiny-short --granularity sequence --strong-train-epochs 1 --save-model
+	test -f runs/wspo-tiny-short/metrics.json || $(BIN)/w2s wspo --recipe recipes/wspo/tiny.yaml --run-dir runs/wspo-tiny-short --granularity sequence --strong-train-epochs 1 --save-model
 	$(BIN)/w2s expo --recipe recipes/expo/tiny.yaml
 
 reproduce-expo: install  ## ExPO on the authors' zephyr pairs, judged on AlpacaEval prompts (GPU + hub)
