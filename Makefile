@@ -151,7 +151,8 @@ demo-weak-label: install  ## weak-model preference labels on tiny models: label 
 reproduce-weak-label: install  ## the paper's setting: OPT weak annotator, OPT strong model, HH-RLHF (GPU + hub)
 	$(REPRODUCE_ENV) $(BIN)/w2s weak-label --recipe recipes/weak_label/hh-opt.yaml
 
-demo-expo: install  ## ExPO on a tiny SFT / aligned pair: the alpha sweep and its curve
+demo-expo: install  ## ExPO on a tiny SFT / aligned pair (a short WSPO step): the alpha sweep and its curve
+	test -f runs/wspo-tiny-short/metrics.json || $(BIN)/w2s wspo --recipe recipes/wspo/tiny.yaml --run-dir runs/wspo-tiny-short --granularity sequence --strong-train-epochs 1 --save-model
 	$(BIN)/w2s expo --recipe recipes/expo/tiny.yaml
 
 reproduce-expo: install  ## ExPO on the authors' zephyr pairs, judged on AlpacaEval prompts (GPU + hub)

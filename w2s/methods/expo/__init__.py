@@ -22,7 +22,9 @@ alpha's answers are a cached stage, so a rerun generates nothing. The pair is ``
 
 One GPU, or the CPU::
 
-    w2s expo --recipe recipes/expo/tiny.yaml --run-dir runs/expo-tiny       # CPU, ~1 min
+    w2s wspo --recipe recipes/wspo/tiny.yaml --run-dir runs/wspo-tiny-short \\
+             --granularity sequence --strong-train-epochs 1 --save-model  # the tiny pair
+    w2s expo --recipe recipes/expo/tiny.yaml --run-dir runs/expo-tiny       # CPU, minutes
     w2s expo --aligned alignment-handbook/zephyr-7b-dpo-full \\
              --sft alignment-handbook/zephyr-7b-sft-full --alphas 0.1,0.3,0.5
     w2s expo --from-run runs/wspo/<run>                                     # a finished run
