@@ -33,7 +33,10 @@ MATH_TWO_BOXES = "We first get $\\boxed{3}$, but correcting the sign gives $\\bo
     (MATH_TWO_BOXES, "-3"),                             # the last box
     ("So she makes $18 every day. The answer is 18.", "18"),
     ("The final answer is 42", "42"),
-    ("Answer: 7.5 dollars", "7.5 dollars"),
+    ("48 + 24 = 72.\nThe answer is: 72", "72"),                 # MetaMath / the authors' MATH
+    ("The answer is: \\frac{1}{2}", "\\frac{1}{2}"),
+    ("So the answer is 42 dollars.", "42"),
+    ("Answer: 7.5 dollars", "7.5"),                               # a lone number among words
     ("She has 3 apples, then 5, then 12 in total", "12"),  # the last number
     ("no number here", None),
     ("", None),

@@ -101,6 +101,11 @@ def test_contrast_pairs_follow_the_authors_rules():
     assert len(pairs) == 3 and {p["kind"] for p in pairs} == {"weak-"}
     assert all(p["rejected"] == "weak #### 8" and p["chosen"].endswith("#### 7") for p in pairs)
     assert len({p["chosen"] for p in pairs}) == 3                    # distinct samples
+    # the chosen majority samples differ in text: two copies of one give one pair
+    twice = ["a #### 7", "a #### 7", "b #### 7", "c #### 7", "d #### 9"]
+    pairs = contrast_pairs("q", "w #### 8", "8", twice, ["7", "7", "7", "7", "9"], max_pairs=3,
+                           rng=rng)
+    assert sorted(p["chosen"] for p in pairs) == ["a #### 7", "b #### 7", "c #### 7"]
     # ... but not when the majority is below it
     assert contrast_pairs("q", "w #### 8", "8", samples, ans, flip_confidence=0.9, rng=rng) == []
     # below min_confidence, or every sample agreeing with the weak one ("too easy"): nothing
@@ -113,6 +118,27 @@ def test_contrast_pairs_follow_the_authors_rules():
     pairs = contrast_pairs("q", "unused", "8", samples, ans, mode="self", rng=rng)
     assert pairs[0]["kind"] == "self" and pairs[0]["rejected"] == "s3 #### 9"
     assert pairs[0]["chosen"].endswith("#### 7")
+
+
+def test_demonstrations_are_one_fixed_draw_never_the_problem_itself():
+    from w2s.methods.reason.experiment import demos_for
+
+    first = demos_for(0, 50, 4, 0, "icl")
+    others = [demos_for(i, 50, 4, 0, "icl") for i in range(50)]
+    assert all(i not in d and len(d) == 4 for i, d in enumerate(others))
+    # the same demonstrations for every problem that is not one of them (the authors' fixed
+    # few-shot prompt); a problem that is one of them gets the spare draw instead
+    outside = [d for i, d in enumerate(others) if i not in first]
+    assert all(d == outside[0] for d in outside)
+    assert demos_for(-1, 50, 4, 0, "icl") == outside[0] != demos_for(-1, 50, 4, 1, "icl")
+
+
+def test_a_solution_without_a_marked_answer_has_none():
+    from w2s.methods.reason.scoring import correctness, final_answer
+
+    assert final_answer("3 * 4 = 12. 1 + 12 = 13") is None           # no "####": no answer
+    assert final_answer("3 * 4 = 12.\n#### 12") == "12"
+    assert correctness(["so it is 13", "#### 13"], [{"answer": "13"}] * 2) == [False, True]
 
 
 def test_prompts_and_cutting():
@@ -220,6 +246,26 @@ def test_selection_all_is_full_weak_fine_tuning_in_one_round(tmp_path):
     assert m["iterations"] == 1 and m["final_model"] == "stage1_r1_weak"
     assert set(m["accuracy"]) == {"weak", "strong_ceiling", "stage1_r1_weak"}
     assert m["stage1_rounds"][0]["n_kept"] == 24 and "icl_answers" not in m["stages"]
+
+
+@pytest.mark.slow
+def test_lora_zero_shot_orpo_and_self_pairs_run_and_keep_an_adapter(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli(["reason", *args(mode="lora", weak_supervision="zero-shot",
+                                iterations="1", stage1_data="icl", stage2="orpo", pairs="self",
+                                pref_lr="1e-3"),
+                "--lora-r", "4", "--lora-alpha", "8", "--run-dir", str(run_dir)]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "weak_sft" not in m["stages"] and m["final_model"] == "stage2"
+    assert set(m["accuracy"]) == {"weak", "strong_ceiling", "full_weak", "stage1_r1_icl",
+                                  "stage2"}
+    assert m["pair_kinds"] and set(m["pair_kinds"]) == {"self"}
+    # the stage-I model stage II started from is kept as a LoRA adapter, not a copy of the model
+    from w2s.runs import Cache
+
+    entry = Cache().root / m["stages"]["stage1_r1_icl"]["key"] / "model"
+    assert (entry / "adapter_config.json").is_file()
+    assert not list(entry.glob("model*.safetensors"))
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ a solution and compares it with the gold one.
 
 1. ``\\boxed{...}`` (the LAST one; braces nested to any depth), MATH's convention;
 2. ``#### 42``, GSM8K's gold-solution convention;
-3. "the answer is ...", "answer: ..." (the last such phrase);
+3. "the answer is ...", "the answer is: ...", "answer: ..." (the last such phrase; a lone number
+   among words, "42 dollars", is that number);
 4. the last number in the text (GSM8K-style free text), when ``fallback`` allows it.
 
 :func:`normalize` puts an answer in a canonical form: LaTeX wrappers dropped (``\\text{}``,
@@ -26,7 +27,7 @@ from fractions import Fraction
 
 from w2s.data.reasoning import last_boxed  # noqa: F401  (a public name here too)
 
-_ANSWER_IS = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*[:=])\s*(.+?)"
+_ANSWER_IS = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is\s*[:=]?|answer\s*[:=])\s*(.+?)"
                         r"(?:\.\s|\.$|\n|$)", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -44,7 +45,13 @@ def extract_answer(text: str | None, *, fallback: bool = True) -> str | None:
         return hashes[-1].strip()
     said = _ANSWER_IS.findall(text)
     if said:
-        return said[-1].strip().rstrip(".").strip()
+        answer = said[-1].strip().rstrip(".").strip()
+        # "The answer is 42 dollars": a number with words around it is the number
+        numbers = _NUMBER.findall(answer)
+        if len(numbers) == 1 and normalize(answer) != normalize(numbers[0]) \
+                and not re.search(r"\\|\^|/|\{", answer):
+            return numbers[0]
+        return answer
     if fallback:
         numbers = _NUMBER.findall(text)
         if numbers:

@@ -7,7 +7,7 @@ The train split is cut in two: the weak supervisor learns from train_1's GOLD so
 solutions to train_2, whose gold the strong model never sees.
 
 1. Stage I, final-answer consistency: the strong base answers train_2 in context
-   (``--icl-shots`` weak solutions of other train_2 problems as demonstrations); only the
+   (``--icl-shots`` weak solutions of train_2 problems as demonstrations, one fixed draw); only the
    problems where its final answer equals the weak solution's are kept, and the strong base is
    fine-tuned on their weak solutions, their in-context solutions, or both (``--stage1-data
    hybrid``). Iterated (``--iterations``, 2 as the paper's GSM8K runs): the two models of round
@@ -33,7 +33,7 @@ is what ``w2s eval pgr RUN_DIR`` reads (one pair per strong model).
 One GPU, or the CPU::
 
     w2s reason --recipe recipes/reason/tiny.yaml --run-dir runs/reason-tiny
-    w2s reason --recipe recipes/reason/gsm8k-llama3-8b-70b.yaml
+    w2s reason --recipe recipes/reason/math-llama3-8b-70b.yaml
 
 Several GPUs (every SFT and the DPO data-parallel; the global batch stays the recipe's)::
 

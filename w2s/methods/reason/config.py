@@ -56,8 +56,9 @@ class ReasonConfig:
                                    "OlympicArena setting, an instruct model as supervisor)",
                                    choices=list(SUPERVISION))
     weak_shots: int = option(4, "few-shot weak supervision: demonstrations per prompt", min=1)
-    icl_shots: int = option(8, "the strong model's in-context answers (stage I): demonstrations "
-                            "per prompt, weak solutions of other train_2 problems", min=1)
+    icl_shots: int = option(4, "the strong model's in-context answers (stage I): demonstrations, "
+                            "weak solutions of train_2 problems (right or wrong), one fixed "
+                            "draw for every prompt as the authors' 4-shot template", min=1)
     selection: str = option("consistency", "stage I data: consistency = only the problems where "
                             "the weak solution's final answer equals the strong model's "
                             "in-context one (the paper); all = every weak solution (full weak "

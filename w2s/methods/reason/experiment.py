@@ -33,7 +33,7 @@ import torch
 import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.data.reasoning import question_prompt
 from w2s.errors import W2SError
-from w2s.evaluation.checking import extract_answer, is_correct
+from w2s.evaluation.checking import is_correct
 from w2s.methods.reason import SPEC
 from w2s.methods.reason.config import (
     ReasonConfig,
@@ -47,6 +47,7 @@ from w2s.methods.reason.scoring import (
     build_pairs,
     correctness,
     figures,
+    final_answer,
     mean,
     pair_summary,
 )
@@ -125,10 +126,13 @@ def _check_available(role: str, resolved) -> None:
 
 
 def demos_for(i: int, pool: int, k: int, seed: int, tag: str) -> list[int]:
-    """The ``k`` demonstration indices of problem ``i``: a seeded sample of ``range(pool)``
-    without ``i`` itself (pass ``i=-1`` when the problem is not in the pool)."""
-    rng = random.Random(f"{tag}-{seed}-{i}")
-    return rng.sample([j for j in range(pool) if j != i], k)
+    """The ``k`` demonstration indices of problem ``i``: ONE seeded draw of ``k + 1`` indices
+    of ``range(pool)``, the same for every problem (the authors' fixed few-shot prompt), the
+    first ``k`` of them that are not ``i`` itself (pass ``i=-1`` when the problem is not in the
+    pool)."""
+    rng = random.Random(f"{tag}-{seed}")
+    drawn = rng.sample(range(pool), min(pool, k + 1))
+    return [j for j in drawn if j != i][:k]
 
 
 class Pipeline:
@@ -376,14 +380,15 @@ class Pipeline:
                                   temperature=cfg.sample_temperature,
                                   batch_size=cfg.gen_batch_size, seed=cfg.seed)
         k = cfg.n_samples
+        prompts = [p for p in self.zero_shot(plan.w2s) for _ in range(k)]
         with self._stage("samples", "reason-samples", stage1=self.keys["stage1_final"],
-                         n=k, sampling=dataclasses.asdict(sampling), format=plan.fmt,
+                         prompts=content_hash(prompts, 16), n=k,
+                         sampling=dataclasses.asdict(sampling), format=plan.fmt,
                          version=VERSION) as st:
             if st.done:
                 self._record("samples", True)
             else:
                 model, tok = self._from_stage1(stage1["model"])
-                prompts = [p for p in self.zero_shot(plan.w2s) for _ in range(k)]
                 flat = self._solve(model, tok, prompts, sampling)
                 out = {"samples": [flat[i * k:(i + 1) * k] for i in range(len(plan.w2s))]}
                 st.publish(lambda folder: _write_json(folder / "samples.json", out),
@@ -486,7 +491,7 @@ def stage_one(pipe: Pipeline, weak_w2s: list[str], icl_w2s: list[str]
         kept_weak = correctness([sources["weak"][i] for i in keep], [gold[i] for i in keep])
         data_log.append({"round": t, "n_kept": len(keep), "n_problems": len(gold),
                          "kept_fraction": len(keep) / len(gold),
-                         "kept_weak_accuracy": (sum(kept_weak) / len(keep)) if keep else None,
+                         "kept_accuracy": (sum(kept_weak) / len(keep)) if keep else None,
                          "weak_side_accuracy": mean(correctness(sources["weak"], gold)),
                          "icl_side_accuracy": mean(correctness(sources["icl"], gold))})
         pipe.run.log({"stage": f"stage I round {t}", **data_log[-1]})
@@ -545,8 +550,8 @@ def run(cfg: ReasonConfig) -> dict:
         for name, texts in {"weak": weak_out["test"], "strong_ceiling": ceiling,
                             "strong_base": base, **tested}.items():
             record.write_rows(f"solutions-{name.replace('_', '-')}.jsonl", [
-                {"id": r["id"], "solution": t, "answer": extract_answer(t), "gold": r["answer"],
-                 "correct": is_correct(extract_answer(t), r["answer"])}
+                {"id": r["id"], "solution": t, "answer": final_answer(t), "gold": r["answer"],
+                 "correct": is_correct(final_answer(t), r["answer"])}
                 for r, t in zip(plan.test, texts, strict=True)])
         record.keep("predictions.jsonl (w2s eval pgr reads it), solutions-*.jsonl, pairs.jsonl")
         metrics = {**config_summary(cfg), **metrics,

@@ -11,13 +11,20 @@ from w2s.methods.reason.config import ReasonConfig
 from w2s.methods.reason.selection import contrast_pairs
 
 
+def final_answer(text: str) -> str | None:
+    """A solution's final answer as the method reads it: a marked one only (``####``,
+    ``\\boxed{}``, "the answer is"), never the last number of a solution that states none (the
+    authors' extraction gives '' then, which agrees with nothing and is never correct)."""
+    return extract_answer(text, fallback=False)
+
+
 def answers(texts: list[str]) -> list[str | None]:
-    return [extract_answer(t) for t in texts]
+    return [final_answer(t) for t in texts]
 
 
 def correctness(texts: list[str], rows: list[dict]) -> list[bool]:
     """Per problem: does the solution's final answer equal the gold one."""
-    return [is_correct(extract_answer(t), r["answer"]) for t, r in zip(texts, rows, strict=True)]
+    return [is_correct(final_answer(t), r["answer"]) for t, r in zip(texts, rows, strict=True)]
 
 
 def build_pairs(cfg: ReasonConfig, problems: list[dict], weak_w2s: list[str],
@@ -27,13 +34,13 @@ def build_pairs(cfg: ReasonConfig, problems: list[dict], weak_w2s: list[str],
     rng = random.Random(f"reason-pairs-{cfg.seed}")
     pairs = []
     for row, weak, outs in zip(problems, weak_w2s, samples, strict=True):
-        for p in contrast_pairs(row["prompt"], weak, extract_answer(weak), outs, answers(outs),
+        for p in contrast_pairs(row["prompt"], weak, final_answer(weak), outs, answers(outs),
                                 mode=cfg.pairs, min_confidence=cfg.min_confidence,
                                 flip_confidence=cfg.flip_confidence, max_pairs=cfg.max_pairs,
                                 rng=rng):
             pairs.append({"id": row["id"], **p,
-                          "chosen_correct": is_correct(extract_answer(p["chosen"]), row["answer"]),
-                          "rejected_correct": is_correct(extract_answer(p["rejected"]),
+                          "chosen_correct": is_correct(final_answer(p["chosen"]), row["answer"]),
+                          "rejected_correct": is_correct(final_answer(p["rejected"]),
                                                          row["answer"])})
     return pairs
 

@@ -96,7 +96,7 @@ def contrast_pairs(prompt: str, weak_solution: str, weak_answer: str | None,
     ``flip_confidence``, 0.8), a majority sample is chosen against the weak solution ("weak-").
     ``mode="self"``: a majority sample against a disagreeing one ("self"), the weak solution
     unused. Up to ``max_pairs`` pairs per problem (the authors: 1 on GSM8K, 3 on MATH), each
-    with another sample, drawn by ``rng``.
+    with another sample (for "weak-", another TEXT), drawn by ``rng``.
     """
     if mode not in PAIR_MODES:
         raise ValueError(f"pair mode '{mode}' is not one of {PAIR_MODES}")
@@ -116,9 +116,10 @@ def contrast_pairs(prompt: str, weak_solution: str, weak_answer: str | None,
     if same_answer(weak_answer, answer):
         return [{"prompt": prompt, "chosen": weak_solution, "rejected": samples[j],
                  "kind": "weak+"} for j in pick(disagree)]
-    if share >= flip_confidence:
+    if share >= flip_confidence:  # distinct chosen texts, as the authors' MATH script
+        distinct = list({samples[j]: j for j in reversed(agree)}.values())[::-1]
         return [{"prompt": prompt, "chosen": samples[j], "rejected": weak_solution,
-                 "kind": "weak-"} for j in pick(agree)]
+                 "kind": "weak-"} for j in pick(distinct)]
     return []
 
 
