@@ -120,13 +120,23 @@ DECEPTION = ["deception", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2
              "--eval-batch-size", "16"]
 
 
+REASON = ["reason", "--weak", "tiny:llama-1x32", "--strong", "tiny:llama-2x32",
+          "--task", "toy-arithmetic", "--n-weak-train", "16", "--n-w2s", "16", "--n-test", "8",
+          "--selection", "all", "--stage2", "none", "--mode", "full", "--max-len", "160",
+          "--max-new-tokens", "8", "--n-boot", "20", "--weak-sft-max-steps", "2",
+          "--weak-sft-batch-size", "8", "--weak-sft-micro-batch-size", "4",
+          "--strong-sft-max-steps", "2", "--strong-sft-batch-size", "8",
+          "--strong-sft-micro-batch-size", "4"]
+
+
 @pytest.mark.parametrize(("args", "launch", "trainings"),
-                         [(MACPO, "deepspeed", 9), (DECEPTION, "fsdp", 5)],
-                         ids=["macpo-deepspeed", "deception-fsdp"])
+                         [(MACPO, "deepspeed", 9), (DECEPTION, "fsdp", 5), (REASON, "ddp", 3)],
+                         ids=["macpo-deepspeed", "deception-fsdp", "reason-ddp"])
 def test_the_other_methods_train_under_a_sharded_launch(args, launch, trainings, tmp_path):
     """MACPO (LoRA agents on shared bases, generation on rank 0 between trainings) under
     ZeRO-3, deception (reward models) under FSDP: one run record, world_size 2, and every
-    training (MACPO: 6 SFT + 3 DPO; deception: 2 ceilings + 3 W2S) ran its 2 steps."""
+    training (MACPO: 6 SFT + 3 DPO; deception: 2 ceilings + 3 W2S; reason under DDP: the weak
+    SFT, full weak fine-tuning and the ceiling, generation between them) ran its 2 steps."""
     run_dir = _two_process_record(args, tmp_path, tmp_path / "cache", launch)
     metrics = _metrics(run_dir)
     assert metrics["status"] == "ok" and metrics["world_size"] == 2

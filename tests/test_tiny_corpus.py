@@ -61,22 +61,26 @@ def test_stage_texts_follow_the_selector():
         stage_texts(Stage("toy-sentiment", "7", 1), tok)
 
 
-def test_a_reasoning_corpus_is_solved_problems_in_documents_of_two():
+def test_a_reasoning_corpus_is_solved_problems_in_documents_of_three():
     from w2s.data import load_task
     from w2s.data.reasoning import question_prompt
 
     tok = tiny_tokenizer()
     texts = stage_texts(Stage("toy-arithmetic-corpus", None, 1), tok)
     rows = load_task("toy-arithmetic-corpus", split="train").rows
-    assert len(texts) == (len(rows) + 1) // 2
-    first = f"{question_prompt(rows[0]['prompt'])} {rows[0]['solution']}"
-    second = f"{question_prompt(rows[1]['prompt'])} {rows[1]['solution']}"
-    assert texts[0] == f"{first}\n\n{second}</s>"
-    # the corpus never holds a problem of toy-arithmetic (its train or test split)
-    corpus = {r["prompt"] for r in rows}
-    task = {r["prompt"] for split in ("train", "test")
-            for r in load_task("toy-arithmetic", split=split).rows}
-    assert corpus and not corpus & task
+    assert len(texts) == (len(rows) + 2) // 3
+    solved = [f"{question_prompt(r['prompt'])} {r['solution']}" for r in rows[:3]]
+    assert texts[0] == "\n\n".join(solved) + "</s>"
+    assert max(len(tok(t).input_ids) for t in texts) <= 512      # read whole, never cut
+    # the corpus never holds the numbers, so never the solution, of a toy-arithmetic problem
+    # (train or test), and within the task no test solution is a train one
+    from w2s.data.reasoning import arithmetic_numbers
+
+    task = {split: load_task("toy-arithmetic", split=split).rows for split in ("train", "test")}
+    numbers = {arithmetic_numbers(r) for split in task.values() for r in split}
+    assert not {arithmetic_numbers(r) for r in rows} & numbers
+    assert not {r["solution"] for r in rows} & {r["solution"] for s in task.values() for r in s}
+    assert not ({r["solution"] for r in task["train"]} & {r["solution"] for r in task["test"]})
     with pytest.raises(W2SError, match="takes no selector"):
         stage_texts(Stage("toy-arithmetic-corpus", "chosen", 1), tok)
 

@@ -55,8 +55,11 @@ from w2s.train.lm import train_lm
 STAGE_BATCH = 32
 STAGE_LR = 3e-3
 MAX_TOKENS = 256
-REASONING_DOC = 2
-"""Problems per training text of a reasoning corpus stage."""
+REASONING_DOC = 3
+"""Problems per training text of a reasoning corpus stage (at most about 430 bytes, read whole: a tiny
+model then knows every position a two-shot prompt and its answer take)."""
+REASONING_MAX_TOKENS = 512
+"""A reasoning stage's texts are cut here (the tiny models' positions), not at MAX_TOKENS."""
 VERSION = CORPUS_VERSION
 """Part of every stage's cache key; the model layer keeps it (:data:`w2s.models.tiny.CORPUS_VERSION`)
 because :func:`w2s.models.resolve.model_identity` names it too."""
@@ -118,25 +121,33 @@ def pretrained_path(location: str, log=None) -> Path:
         done.append(str(stage))
         name = "+".join(done)
         texts = stage_texts(stage, tok)
+        max_tokens = REASONING_MAX_TOKENS if _is_reasoning(stage) else MAX_TOKENS
         # the key names every stage so far AND hashes their text: a corpus whose rows change
         # (a new version of a task) gives a new model, never a stale one
         texts_seen.append(content_hash(texts))
         precision = process_precision()  # one accelerate precision per process: the caller's
         with cached_stage(cache, f"tiny-{name}", "pretrain", name=name,
                           texts=texts_seen, batch=STAGE_BATCH, lr=STAGE_LR,
-                          max_tokens=MAX_TOKENS, version=VERSION,
+                          max_tokens=max_tokens, version=VERSION,
                           **({"mixed_precision": precision} if precision != "no" else {})) as st:
             if not st.done:
-                _train_stage(st, base, previous, stage, texts, precision, log)
+                _train_stage(st, base, previous, stage, texts, precision, log, max_tokens)
         previous = st.path
     return previous
 
 
+def _is_reasoning(stage: Stage) -> bool:
+    from w2s.data.registry import TASKS
+
+    spec = TASKS.get(stage.task)
+    return spec is not None and spec.kind == "reasoning"
+
+
 def _train_stage(st, base: str, previous: Path | None, stage: Stage, texts: list[str],
-                 precision: str, log) -> Path:
+                 precision: str, log, max_tokens: int = MAX_TOKENS) -> Path:
     """Train one corpus stage from ``previous`` (or a fresh ``base``) and publish it as ``st``."""
     tok = tiny_tokenizer()
-    examples = [tok(t, add_special_tokens=False, truncation=True, max_length=MAX_TOKENS).input_ids
+    examples = [tok(t, add_special_tokens=False, truncation=True, max_length=max_tokens).input_ids
                 for t in texts]
     if previous is None:
         model = build_tiny(base, seed=0)
