@@ -51,6 +51,19 @@ def one_thread():
 
 
 @pytest.fixture
+def quiet_small_test_set():
+    """No SmallTestSetWarning in the test (a module asks with ``pytest.mark.usefixtures``):
+    its tiny runs evaluate on a handful of prompts on purpose."""
+    import warnings
+
+    from w2s.data import SmallTestSetWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallTestSetWarning)
+        yield
+
+
+@pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     """A fresh, empty w2s cache for one test."""
     d = tmp_path / "cache"

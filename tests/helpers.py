@@ -33,6 +33,13 @@ MACPO_TINY = ["--weak", f"{MACPO_MODELS[0]},{MACPO_MODELS[1]}", "--strong", MACP
 """A fast ``w2s macpo`` run on them (one iteration, two steps a training)."""
 
 
+def flags(options: dict[str, str], **changes: str) -> list[str]:
+    """``options`` (``{"n-eval": "4"}``) with ``changes`` (``n_eval="8"``) applied, as CLI flags
+    ``["--n-eval", "8", ...]``: a test module's tiny run, varied per test."""
+    merged = {**options, **{k.replace("_", "-"): v for k, v in changes.items()}}
+    return [part for key, value in merged.items() for part in (f"--{key}", value)]
+
+
 def cli(args: list[str], entry=None, **kwargs) -> int:
     """Run the CLI ``entry`` (``w2s.cli.main`` unless given) on ``args``, with ``kwargs``; its
     exit code (it always ends by raising SystemExit)."""

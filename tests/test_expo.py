@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,12 @@ from w2s.methods.expo.extrapolate import (
 from w2s.methods.expo.pair import resolve_pair
 from w2s.models import LoraSettings, apply_lora, load_causal_lm, save_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_small_test_set")
 
 FAST = ["--task", "toy-preference", "--n-prompts", "4", "--judge", "vader",
         "--max-new-tokens", "8", "--temperature", "1", "--gen-batch-size", "8",
         "--alphas", "0.5,1", "--dtype", "fp32", "--device", "cpu"]
 
-
-@pytest.fixture(autouse=True)
-def quiet_small_test_set():
-    from w2s.data import SmallTestSetWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallTestSetWarning)
-        yield
 
 
 def _perturbed(name: str, folder: Path, seed: int, scale: float = 0.05) -> Path:

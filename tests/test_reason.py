@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import math
 import random
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_jsonl
+from helpers import cli, flags, read_jsonl
 
 from w2s.evaluation import bootstrap_accuracy, bootstrap_pgr
 from w2s.methods.reason.selection import (
@@ -27,7 +26,7 @@ from w2s.methods.reason.selection import (
 )
 from w2s.train.losses import orpo_loss
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_small_test_set")
 
 # one model that has practised arithmetic (1,000 corpus steps: ~99% zero-shot, ~50% one-shot) as
 # both: the weak SFT barely moves it, so its solutions and the strong model's in-context ones
@@ -46,17 +45,9 @@ OPTIONS = {"weak": WEAK, "strong": STRONG, "task": "toy-arithmetic", "n-weak-tra
 
 
 def args(**changes: str) -> list[str]:
-    options = {**OPTIONS, **{k.replace("_", "-"): v for k, v in changes.items()}}
-    return [part for key, value in options.items() for part in (f"--{key}", value)]
+    """The tiny test run's flags, with ``changes`` (``n_eval="4"``) applied."""
+    return flags(OPTIONS, **changes)
 
-
-@pytest.fixture(autouse=True)
-def quiet_small_test_set():
-    from w2s.data import SmallTestSetWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallTestSetWarning)
-        yield
 
 
 # ---- the pure functions, by hand ---------------------------------------------------------------

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_jsonl
+from helpers import cli, flags, read_jsonl
 
 from w2s.methods.weak_label.experiment import presentation, weak_label_rows
 from w2s.methods.weak_label.labels import (
@@ -25,7 +24,7 @@ from w2s.methods.weak_label.labels import (
     sigmoid,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_small_test_set")
 
 OPTIONS = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-preference",
            "n-labelled": "8", "n-unlabelled": "20", "n-eval": "4", "judge": "vader",
@@ -37,17 +36,9 @@ OPTIONS = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-
 
 
 def args(**changes: str) -> list[str]:
-    options = {**OPTIONS, **{k.replace("_", "-"): v for k, v in changes.items()}}
-    return [part for key, value in options.items() for part in (f"--{key}", value)]
+    """The tiny test run's flags, with ``changes`` (``n_eval="4"``) applied."""
+    return flags(OPTIONS, **changes)
 
-
-@pytest.fixture(autouse=True)
-def quiet_small_test_set():
-    from w2s.data import SmallTestSetWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallTestSetWarning)
-        yield
 
 
 # ---- the pure functions, by hand ---------------------------------------------------------------

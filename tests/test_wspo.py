@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, read_jsonl
+from helpers import cli, flags, read_jsonl
 
 from w2s.cli import main
 from w2s.config import build_config
@@ -26,7 +25,7 @@ from w2s.train import TrainConfig, train
 from w2s.train.losses import wspo_loss
 from w2s.train.preference import encode, score_tokens
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_small_test_set")
 
 OPTIONS = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-preference",
            "n-train": "16", "n-eval": "6", "judge": "vader", "mode": "full", "max-len": "96",
@@ -40,18 +39,8 @@ OPTIONS = {"weak": "tiny:llama-1x32", "strong": "tiny:llama-2x32", "task": "toy-
 
 def args(**changes: str) -> list[str]:
     """The tiny test run's flags, with ``changes`` (``n_eval="4"``) applied."""
-    options = {**OPTIONS, **{k.replace("_", "-"): v for k, v in changes.items()}}
-    return [part for key, value in options.items() for part in (f"--{key}", value)]
+    return flags(OPTIONS, **changes)
 
-
-@pytest.fixture(autouse=True)
-def quiet_small_test_set():
-    """Six evaluation prompts are a deliberately tiny test set here: no warning about it."""
-    from w2s.data import SmallTestSetWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SmallTestSetWarning)
-        yield
 
 
 def metrics_of(run_dir: Path) -> dict:

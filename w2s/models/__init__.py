@@ -27,6 +27,7 @@ from w2s.models.loading import (
     param_count,
     pick_device,
     pick_dtype,
+    release_memory,
     save_model,
 )
 from w2s.models.logprobs import position_ids_from_mask, response_logprobs, sequence_logprobs
@@ -41,5 +42,5 @@ __all__ = [
     "load_causal_lm", "load_classifier", "Classifier", "pick_device", "pick_dtype",
     "sequence_logprobs", "response_logprobs", "LoraSettings", "apply_lora", "tiny_tokenizer",
     "models_table", "format_chat", "param_count", "build_tiny", "position_ids_from_mask",
-    "load_reward_model", "save_model", "pad_id",
+    "load_reward_model", "save_model", "release_memory", "pad_id",
 ]

@@ -326,6 +326,16 @@ def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
              f"{first['content']}"}, *rest]
 
 
+def release_memory() -> None:
+    """Give back the memory of models no longer referenced (``del`` them first), the GPU's too:
+    what a method calls between the models it loads one after another."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def param_count(model: torch.nn.Module, trainable: bool = False) -> int:
     """Number of parameters (only those with ``requires_grad`` when ``trainable``); shared
     (tied) tensors are counted once, as ``model.parameters()`` yields them once."""

@@ -128,6 +128,15 @@ def in_hf_cache(repo_id: str) -> bool:
     return cached_config(repo_id) is not None
 
 
+def check_available(role: str, resolved: ResolvedModel) -> None:
+    """A hub model that is not in the local cache while offline is refused now (one line
+    naming the fix), not mid-run; ``role`` names it in the message (weak, strong, judge)."""
+    if resolved.source in ("alias", "hub") and hub_offline() and not in_hf_cache(resolved.location):
+        raise W2SError(f"the {role} model '{resolved.name}' ({resolved.location}) is not in the "
+                       f"local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
+                       f"(`huggingface-cli download {resolved.location}`) or pass a local folder")
+
+
 def _looks_like_path(name: str) -> bool:
     return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name in (".", "..")
             or name.endswith(".gguf"))

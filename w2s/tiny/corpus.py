@@ -70,6 +70,12 @@ PATTERN = r"^tiny:[^+]+\+"
 
 def stage_texts(stage: Stage, tokenizer) -> list[str]:
     """The training texts of one stage (see the module docstring for what each kind gives)."""
+    return stage_corpus(stage, tokenizer)[0]
+
+
+def stage_corpus(stage: Stage, tokenizer) -> tuple[list[str], int]:
+    """The training texts of one stage and the length they are cut at: :data:`MAX_TOKENS`,
+    or :data:`REASONING_MAX_TOKENS` for a reasoning task's documents of several problems."""
     data = load_task(stage.task, split="train")
     eos = tokenizer.eos_token
     sel = stage.selector
@@ -101,7 +107,7 @@ def stage_texts(stage: Stage, tokenizer) -> list[str]:
     if not texts:
         raise W2SError(f"corpus stage '+{stage}' selects no text from task '{stage.task}'; "
                        "check the selector")
-    return texts
+    return texts, REASONING_MAX_TOKENS if data.kind == "reasoning" else MAX_TOKENS
 
 
 def pretrained_path(location: str, log=None) -> Path:
@@ -120,8 +126,7 @@ def pretrained_path(location: str, log=None) -> Path:
     for stage in stages:
         done.append(str(stage))
         name = "+".join(done)
-        texts = stage_texts(stage, tok)
-        max_tokens = REASONING_MAX_TOKENS if _is_reasoning(stage) else MAX_TOKENS
+        texts, max_tokens = stage_corpus(stage, tok)
         # the key names every stage so far AND hashes their text: a corpus whose rows change
         # (a new version of a task) gives a new model, never a stale one
         texts_seen.append(content_hash(texts))
@@ -134,13 +139,6 @@ def pretrained_path(location: str, log=None) -> Path:
                 _train_stage(st, base, previous, stage, texts, precision, log, max_tokens)
         previous = st.path
     return previous
-
-
-def _is_reasoning(stage: Stage) -> bool:
-    from w2s.data.registry import TASKS
-
-    spec = TASKS.get(stage.task)
-    return spec is not None and spec.kind == "reasoning"
 
 
 def _train_stage(st, base: str, previous: Path | None, stage: Stage, texts: list[str],

@@ -302,15 +302,11 @@ def preference_loss_fn(objective: str, beta: float, *, ftx: float = 0.0,
         elif objective == "arm":
             losses = arm_loss(chosen, rejected, beta=beta)
             margin = beta * (chosen - rejected).detach()
-        elif objective == "orpo":
+        else:  # simpo, orpo: on length-normalised log-probs
             avg_c = chosen / n[:b].clamp_min(1)
             avg_r = rejected / n[b:].clamp_min(1)
-            losses = orpo_loss(avg_c, avg_r, beta=beta)
-            margin = beta * (avg_c - avg_r).detach()
-        else:
-            avg_c = chosen / n[:b].clamp_min(1)
-            avg_r = rejected / n[b:].clamp_min(1)
-            losses = simpo_loss(avg_c, avg_r, beta=beta, gamma=simpo_gamma)
+            losses = (orpo_loss(avg_c, avg_r, beta=beta) if objective == "orpo"
+                      else simpo_loss(avg_c, avg_r, beta=beta, gamma=simpo_gamma))
             margin = beta * (avg_c - avg_r).detach()
         if "weight" in batch:
             losses = weighted_losses(losses, batch["weight"])

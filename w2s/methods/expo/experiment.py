@@ -14,12 +14,9 @@ of each alpha against alpha 0, the best alpha, its model (``<run>/model``) and t
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
@@ -33,6 +30,7 @@ from w2s.methods.expo.extrapolate import (
     extrapolate_into,
 )
 from w2s.methods.expo.pair import Pair, resolve_pair
+from w2s.models.loading import release_memory
 from w2s.runs import Cache, cached_stage, content_hash, file_hash
 
 VERSION = 1
@@ -269,7 +267,5 @@ def run(cfg: ExpoConfig) -> dict:
         }
         full = run.finish(metrics)
     del cands
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_memory()
     return full

@@ -21,14 +21,11 @@ interrupted one resumes.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.data.reasoning import question_prompt
@@ -52,6 +49,7 @@ from w2s.methods.reason.scoring import (
     pair_summary,
 )
 from w2s.methods.reason.selection import consistent, cut_answer, icl_prompt, stage1_rows
+from w2s.models.loading import release_memory
 from w2s.runs import Cache, cached_stage, content_hash
 
 VERSION = 1
@@ -82,12 +80,12 @@ def make_plan(cfg: ReasonConfig) -> Plan:
     from w2s.data import load_task
     from w2s.data.splits import split_rows
     from w2s.models import pick_dtype, resolve_model
-    from w2s.models.resolve import model_identity
+    from w2s.models.resolve import check_available, model_identity
 
     validate(cfg)
     weak, strong = resolve_model(cfg.weak), resolve_model(cfg.strong)
     for role, resolved in (("weak", weak), ("strong", strong)):
-        _check_available(role, resolved)
+        check_available(role, resolved)
     train = load_task(cfg.task, split="train", seed=cfg.seed)
     if train.kind != "reasoning":
         raise W2SError(f"task '{cfg.task}' is a {train.kind} task; reason needs a reasoning task "
@@ -115,14 +113,6 @@ def make_plan(cfg: ReasonConfig) -> Plan:
                 str(pick_dtype(cfg.dtype)).removeprefix("torch."), parts["weak"], parts["w2s"],
                 test)
 
-
-def _check_available(role: str, resolved) -> None:
-    from w2s.models.resolve import hub_offline, in_hf_cache
-
-    if resolved.source in ("alias", "hub") and hub_offline() and not in_hf_cache(resolved.location):
-        raise W2SError(f"the {role} model '{resolved.name}' ({resolved.location}) is not in the "
-                       f"local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
-                       f"(`huggingface-cli download {resolved.location}`) or pass a local folder")
 
 
 def demos_for(i: int, pool: int, k: int, seed: int, tag: str) -> list[int]:
@@ -167,16 +157,15 @@ class Pipeline:
         from w2s.models import apply_lora, load_causal_lm
 
         lora = self._lora_settings() if train and self.cfg.mode == "lora" else None
-        if adapter is None:
-            return load_causal_lm(source, dtype=self.plan.dtype, device=self.accelerator.device,
-                                  lora=lora, seed=self.cfg.seed)
-        from peft import PeftModel
+        model, tok = load_causal_lm(source, dtype=self.plan.dtype, seed=self.cfg.seed,
+                                    device=self.accelerator.device,
+                                    lora=lora if adapter is None else None)
+        if adapter is not None:
+            from peft import PeftModel
 
-        model, tok = load_causal_lm(source, dtype=self.plan.dtype,
-                                    device=self.accelerator.device, seed=self.cfg.seed)
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        if lora is not None:
-            model = apply_lora(model, lora, seed=self.cfg.seed)
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            if lora is not None:
+                model = apply_lora(model, lora, seed=self.cfg.seed)
         return model, tok
 
     def _lora(self):
@@ -231,7 +220,7 @@ class Pipeline:
                            meta={"model": cfg.weak, "stage": "weak SFT on train_1"})
                 self._record("weak_sft", False, steps=result.steps, final_loss=result.final_loss)
                 del model
-                _release()
+                release_memory()
         return resolve_model(str(st.path))
 
     def weak_prompts(self, rows: list[dict]) -> list[str]:
@@ -245,73 +234,54 @@ class Pipeline:
                             for j in demos_for(-1, len(pool), cfg.weak_shots, cfg.seed, "weak")],
                            question_prompt(r["prompt"])) for r in rows]
 
-    def weak_answers(self, weak) -> dict[str, list[str]]:
-        """The weak supervisor's greedy solutions: ``{"w2s": [...], "test": [...]}``."""
+    def answers(self, name: str, source, prompts: dict[str, list[str]], what: str
+                ) -> dict[str, list[str]]:
+        """Greedy solutions of ``source`` to each list of ``prompts`` (``{split: prompts}``),
+        one cache entry keyed by the model, the prompts and the sampling."""
         from w2s.models.resolve import model_identity
 
         plan = self.plan
-        prompts = {"w2s": self.weak_prompts(plan.w2s), "test": self.weak_prompts(plan.test)}
-        with self._stage("weak_answers", "reason-answers", model=model_identity(weak),
+        with self._stage(name, "reason-answers", model=model_identity(source),
                          prompts=content_hash(prompts, 16),
                          sampling=dataclasses.asdict(self._greedy()), format=plan.fmt,
                          dtype=plan.dtype, version=VERSION) as st:
             if st.done:
-                self._record("weak_answers", True)
+                self._record(name, True)
             else:
-                model, tok = self._load(weak)
+                model, tok = self._load(source)
                 out = {k: self._solve(model, tok, v) for k, v in prompts.items()}
                 st.publish(lambda folder: _write_json(folder / "answers.json", out),
-                           meta={"stage": "weak solutions"})
-                self._record("weak_answers", False, n=sum(len(v) for v in out.values()))
+                           meta={"stage": what})
+                self._record(name, False, n=sum(len(v) for v in out.values()))
                 del model
-                _release()
+                release_memory()
         return _read_json(st.path / "answers.json")
+
+    def weak_answers(self, weak) -> dict[str, list[str]]:
+        """The weak supervisor's greedy solutions: ``{"w2s": [...], "test": [...]}``."""
+        plan = self.plan
+        return self.answers("weak_answers", weak, {"w2s": self.weak_prompts(plan.w2s),
+                                                   "test": self.weak_prompts(plan.test)},
+                            "weak solutions")
 
     # ---- the strong model in context -----------------------------------------------------------
     def icl_answers(self, weak_w2s: list[str]) -> list[str]:
         """The strong base's greedy solutions to train_2, each prompted with ``icl_shots`` weak
-        solutions of OTHER train_2 problems (no gold anywhere)."""
+        solutions of train_2 problems (:func:`demos_for`; no gold anywhere)."""
         plan, cfg = self.plan, self.cfg
         n = len(plan.w2s)
         prompts = [icl_prompt([(question_prompt(plan.w2s[j]["prompt"]), weak_w2s[j])
                                for j in demos_for(i, n, cfg.icl_shots, cfg.seed, "icl")],
                               question_prompt(r["prompt"])) for i, r in enumerate(plan.w2s)]
-        with self._stage("icl_answers", "reason-answers", model=plan.identities["strong"],
-                         prompts=content_hash(prompts, 16),
-                         sampling=dataclasses.asdict(self._greedy()), format=plan.fmt,
-                         dtype=plan.dtype, version=VERSION) as st:
-            if st.done:
-                self._record("icl_answers", True)
-            else:
-                model, tok = self._load(plan.strong)
-                out = {"w2s": self._solve(model, tok, prompts)}
-                st.publish(lambda folder: _write_json(folder / "answers.json", out),
-                           meta={"stage": "strong in-context solutions"})
-                self._record("icl_answers", False, n=n)
-                del model
-                _release()
-        return _read_json(st.path / "answers.json")["w2s"]
+        return self.answers("icl_answers", plan.strong, {"w2s": prompts},
+                            "strong in-context solutions")["w2s"]
 
     def base_answers(self) -> list[str]:
         """The strong base's zero-shot greedy solutions to the test problems (a reference: how
         much of the skill it shows before any training)."""
-        plan = self.plan
-        prompts = self.zero_shot(plan.test)
-        with self._stage("strong_base", "reason-answers", model=plan.identities["strong"],
-                         prompts=content_hash(prompts, 16),
-                         sampling=dataclasses.asdict(self._greedy()), format=plan.fmt,
-                         dtype=plan.dtype, version=VERSION) as st:
-            if st.done:
-                self._record("strong_base", True)
-            else:
-                model, tok = self._load(plan.strong)
-                out = {"test": self._solve(model, tok, prompts)}
-                st.publish(lambda folder: _write_json(folder / "answers.json", out),
-                           meta={"stage": "strong base, zero-shot"})
-                self._record("strong_base", False, n=len(prompts))
-                del model
-                _release()
-        return _read_json(st.path / "answers.json")["test"]
+        return self.answers("strong_base", self.plan.strong,
+                            {"test": self.zero_shot(self.plan.test)},
+                            "strong base, zero-shot")["test"]
 
     # ---- one strong SFT from the base ----------------------------------------------------------
     def strong_sft(self, name: str, rows: list[dict], *, train2: bool = False,
@@ -356,7 +326,7 @@ class Pipeline:
                 self._record(name, False, steps=result.steps, final_loss=result.final_loss,
                              n_rows=len(train_rows))
                 del model
-                _release()
+                release_memory()
         out = _read_json(st.path / "answers.json")
         out["train"] = _read_json(st.path / "train.json")
         if keep_model:
@@ -395,7 +365,7 @@ class Pipeline:
                            meta={"stage": "stage-I samples"})
                 self._record("samples", False, n=len(flat))
                 del model
-                _release()
+                release_memory()
         return _read_json(st.path / "samples.json")["samples"]
 
     def stage2(self, stage1: dict, pairs: list[dict]) -> dict[str, Any]:
@@ -439,7 +409,7 @@ class Pipeline:
                 self._record("stage2", False, steps=result.steps, final_loss=result.final_loss,
                              n_rows=len(rows))
                 del model
-                _release()
+                release_memory()
         out = _read_json(st.path / "answers.json")
         out["train"] = _read_json(st.path / "train.json")
         return out
@@ -452,11 +422,6 @@ def _write_json(path: Path, obj: Any) -> None:
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
-
-def _release() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,14 +18,11 @@ Each strong DPO's entry holds its answers to the evaluation prompts and its trai
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
 from w2s.errors import W2SError
@@ -38,6 +35,7 @@ from w2s.methods.weak_label.labels import (
     implicit_reward,
     label_pairs,
 )
+from w2s.models.loading import release_memory
 from w2s.runs import Cache, cached_stage, content_hash
 
 VERSION = 1
@@ -78,17 +76,17 @@ def make_plan(cfg: WeakLabelConfig) -> Plan:
     from w2s.data.splits import split_rows
     from w2s.evaluation.judges import build_judge, parse_judge
     from w2s.models import pick_dtype, resolve_model
-    from w2s.models.resolve import model_identity
+    from w2s.models.resolve import check_available, model_identity
 
     validate(cfg)
     weak, strong = resolve_model(cfg.weak), resolve_model(cfg.strong)
     for role, resolved in (("weak", weak), ("strong", strong)):
-        _check_available(role, resolved)
+        check_available(role, resolved)
     kind, fields = parse_judge(cfg.judge)
     if kind in ("vader", "reward"):
         build_judge(cfg.judge)
     elif kind in ("rm", "cls", "llm"):
-        _check_available("judge", resolve_model(fields["model"]))
+        check_available("judge", resolve_model(fields["model"]))
     train = load_task(cfg.task, split="train", seed=cfg.seed)
     if train.kind != "preference":
         raise W2SError(f"task '{cfg.task}' is a {train.kind} task; weak-label needs a preference "
@@ -112,14 +110,6 @@ def make_plan(cfg: WeakLabelConfig) -> Plan:
                 str(pick_dtype(cfg.dtype)).removeprefix("torch."), parts["labelled"],
                 parts["unlabelled"], eval_rows, train.meta.get("prompt_format", "plain"))
 
-
-def _check_available(role: str, resolved) -> None:
-    from w2s.models.resolve import hub_offline, in_hf_cache
-
-    if resolved.source in ("alias", "hub") and hub_offline() and not in_hf_cache(resolved.location):
-        raise W2SError(f"the {role} model '{resolved.name}' ({resolved.location}) is not in the "
-                       f"local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
-                       f"(`huggingface-cli download {resolved.location}`) or pass a local folder")
 
 
 def weak_label_rows(unlabelled: list[dict], labels: list[dict], seed: int) -> list[dict]:
@@ -202,7 +192,7 @@ class Pipeline:
                 self._record("weak_dpo", False, steps=result.steps,
                              final_loss=result.final_loss)
                 del model
-                _release()
+                release_memory()
         return resolve_model(str(st.path))
 
     # ---- 2. the weak labels of the unlabelled split -------------------------------------------
@@ -232,7 +222,7 @@ class Pipeline:
                     logp[name] = score_items(model, items, pad_id(tok),
                                              batch_size=cfg.score_batch_size)[0]
                     del model
-                    _release()
+                    release_memory()
                 n = len(plan.unlabelled)
                 r = [implicit_reward(a, b, cfg.beta)
                      for a, b in zip(logp["aligned"], logp["ref"], strict=True)]
@@ -258,7 +248,7 @@ class Pipeline:
                            meta={"stage": "strong before training"})
                 self._record("before", False, n=len(rows))
                 del model
-                _release()
+                release_memory()
         return _read_rows(st.path / "generations.jsonl")
 
     def _sample(self, model, tok) -> list[dict]:
@@ -313,7 +303,7 @@ class Pipeline:
                 st.publish(write, meta={"stage": name})
                 self._record(name, False, steps=result.steps, final_loss=result.final_loss)
                 del model
-                _release()
+                release_memory()
         return (_read_rows(st.path / "generations.jsonl"),
                 json.loads((st.path / "train.json").read_text()))
 
@@ -325,11 +315,6 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 def _read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-
-def _release() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------

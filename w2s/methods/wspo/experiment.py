@@ -15,7 +15,6 @@ killed command resumes it; the checkpoints are removed once the run has finished
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import warnings
 from pathlib import Path
@@ -35,6 +34,7 @@ from w2s.methods.wspo.plan import (
     render_plan,
     tokens_hash,
 )
+from w2s.models.loading import release_memory
 from w2s.runs import Cache, Stage, cached_stage
 
 # --------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class Pipeline:
         model, _ = self._load(source)
         values = score_tokens(model, items, pad, batch_size=self.cfg.score_batch_size)
         del model
-        _release()
+        release_memory()
         return values
 
     # ---- 1. the weak aligned model -------------------------------------------------------------
@@ -176,7 +176,7 @@ class Pipeline:
                 self._record("weak_dpo", False, steps=result.steps,
                              final_loss=result.final_loss, resumed_from=result.resumed_from)
                 del model, write
-                _release()
+                release_memory()
         return resolve_model(str(st.path))
 
     # ---- 2. the weak log-ratios ----------------------------------------------------------------
@@ -386,12 +386,6 @@ def _lora(cfg: WSPOConfig):
 
     return LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.mode == "lora" else None
 
-
-def _release() -> None:
-    """Give the memory of models that are no longer referenced back (GPU included)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _clean(text: str, hh: bool) -> str:

@@ -135,7 +135,7 @@ def make_plan(cfg: WSPOConfig, *, dry: bool = False) -> Plan:
     """
     import w2s.tiny  # noqa: F401  (registers the builder of tiny:...+<stage> model names)
     from w2s.models import pick_dtype, resolve_model
-    from w2s.models.resolve import model_identity
+    from w2s.models.resolve import check_available, model_identity
 
     validate(cfg)
     weak, strong = resolve_model(cfg.weak), resolve_model(cfg.strong)
@@ -153,7 +153,7 @@ def make_plan(cfg: WSPOConfig, *, dry: bool = False) -> Plan:
     if not dry:
         for role, resolved in (("weak", weak), ("strong", strong), ("weak aligned", aligned)):
             if resolved is not None:
-                _check_available(role, resolved)
+                check_available(role, resolved)
     _check_judge_available(cfg.judge, dry, plan)
 
     from w2s.data.hub import HUB_TASKS
@@ -178,22 +178,13 @@ def make_plan(cfg: WSPOConfig, *, dry: bool = False) -> Plan:
     return _keys(plan)
 
 
-def _check_available(role: str, resolved) -> None:
-    """A hub model that is not in the local cache while offline fails now, not mid-run."""
-    from w2s.models.resolve import hub_offline, in_hf_cache
-
-    if resolved.source in ("alias", "hub") and hub_offline() and not in_hf_cache(resolved.location):
-        raise W2SError(f"the {role} model '{resolved.name}' ({resolved.location}) is not in the "
-                       f"local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
-                       f"(`huggingface-cli download {resolved.location}`) or pass a local folder")
-
 
 def _check_judge_available(judge: str, dry: bool, plan: Plan) -> None:
     """Fail before training on a judge that cannot work at the end (a missing package, a model
     judge that is not available offline)."""
     from w2s.evaluation.judges import parse_judge
     from w2s.models import resolve_model
-    from w2s.models.resolve import model_identity
+    from w2s.models.resolve import check_available, model_identity
 
     kind, fields = parse_judge(judge)
     if kind in ("vader", "reward"):
@@ -207,7 +198,7 @@ def _check_judge_available(judge: str, dry: bool, plan: Plan) -> None:
         if dry:
             plan.identities["judge"] = model_identity(resolved)
         else:
-            _check_available("judge", resolved)
+            check_available("judge", resolved)
 
 
 def _load_data(plan: Plan) -> None:
