@@ -237,6 +237,7 @@ def test_selection_all_is_full_weak_fine_tuning_in_one_round(tmp_path):
     assert m["iterations"] == 1 and m["final_model"] == "stage1_r1_weak"
     assert set(m["accuracy"]) == {"weak", "strong_ceiling", "stage1_r1_weak"}
     assert m["stage1_rounds"][0]["n_kept"] == 24 and "icl_answers" not in m["stages"]
+    assert m["icl_train2_acc"] is None and "selection all" in m["icl_train2_acc_reason"]
 
 
 @pytest.mark.slow

@@ -476,6 +476,15 @@ def stage_one(pipe: Pipeline, weak_w2s: list[str], icl_w2s: list[str]
     return final, data_log, tested
 
 
+def icl_figure(cfg: ReasonConfig, correct: list[bool]) -> dict[str, Any]:
+    """``icl_train2_acc``, the strong base's in-context accuracy on train_2; null with the
+    reason under ``--selection all``, which asks the strong model nothing in context."""
+    if cfg.selection == "all":
+        return {"icl_train2_acc": None,
+                "icl_train2_acc_reason": "--selection all: no in-context answers"}
+    return {"icl_train2_acc": mean(correct)}
+
+
 def run(cfg: ReasonConfig) -> dict:
     """Run the experiment in one run directory; returns metrics.json's content."""
     from w2s.runs import Run
@@ -521,7 +530,7 @@ def run(cfg: ReasonConfig) -> dict:
         record.keep("predictions.jsonl (w2s eval pgr reads it), solutions-*.jsonl, pairs.jsonl")
         metrics = {**config_summary(cfg), **metrics,
                    "weak_train2_acc": mean(correctness(weak_out["w2s"], plan.w2s)),
-                   "icl_train2_acc": mean(correctness(icl, plan.w2s)),
+                   **icl_figure(cfg, correctness(icl, plan.w2s)),
                    "stage1_rounds": data_log, **pair_stats,
                    "n_train_1": len(plan.weak_train), "n_train_2": len(plan.w2s),
                    "n_test": len(plan.test), "stages": plan.stages}
