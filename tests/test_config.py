@@ -439,6 +439,10 @@ SAVED_KEYS = {  # config.yaml's top-level keys before the shared sections: they 
                  "n_helpful n_test n_train objective run_dir seed seeds simpo_gamma single_turn strong task "
                  "test_pairs "
                  "train weak weak_labels workers",
+    "compare": "beta ceiling_dpo chat dry_run dtype entries expo_alphas gen_batch_size judge "
+               "judge_batch_size lora_alpha lora_r max_len max_new_tokens methods mode n_eval "
+               "n_train plots run_dir samples_per_prompt score_batch_size seed sft strong task "
+               "temperature top_k top_p weak weak_aligned weak_dpo",
 }
 
 SECTIONS = {"generalize": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
@@ -449,7 +453,9 @@ SECTIONS = {"generalize": {"lora": Lora, "sweep": Sweep, "runtime": Runtime},
             "weak-label": {"lora": Lora, "judging": Judging, "sampling": Sampling,
                            "runtime": Runtime},
             "expo": {"judging": Judging, "sampling": Sampling, "runtime": Runtime},
-            "reason": {"lora": Lora, "runtime": Runtime}}
+            "reason": {"lora": Lora, "runtime": Runtime},
+            "compare": {"lora": Lora, "judging": Judging, "sampling": Sampling,
+                        "runtime": Runtime}}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from w2s.config import comma_list
 from w2s.console import _cell, console, register_model_builders
+from w2s.errors import W2SError
 
 eval_app = typer.Typer(help="The evaluation layer on its own, over recorded runs or files.",
                        no_args_is_help=True)
@@ -397,3 +398,47 @@ def eval_deception_cmd(
         top = result["pooled"].get(result["headline_setting"], {})
         console.print(f"headline ({result['headline_setting']}): {_cell(top.get('score'))}",
                       markup=False)
+
+
+@eval_app.command("compare")
+def eval_compare_cmd(
+    run_dir: Path = typer.Argument(..., help="a `w2s compare` run directory"),
+    judge: Optional[str] = typer.Option(None, "--judge", help="judge again with another judge "
+                                        "(default: the comparison's own)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write table.json, table.md, the "
+                                       "judgments and plots here (default: RUN_DIR itself)"),
+    batch_size: int = typer.Option(16, "--batch-size", help="model judges: rows per forward "
+                                   "pass"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="write the plots"),
+    as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+) -> None:
+    """The comparison's table recomputed from its stored per-example answers: every entry
+    judged against the strong model as it is (win rate, SE, gold reward, gap recovered) with
+    its compute."""
+    import shutil
+
+    import yaml
+
+    from w2s.methods.compare.experiment import print_table
+    from w2s.methods.compare.table import build_table
+
+    if not (run_dir / "entries.json").is_file():
+        raise W2SError(f"{run_dir} is not a `w2s compare` run directory (no entries.json)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    target = run_dir
+    if out is not None and out.resolve() != run_dir.resolve():
+        # the table reads the entries through entries.json's relative paths: link them in
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run_dir / "entries.json", out / "entries.json")
+        link = out / "entries"
+        if not link.exists():
+            link.symlink_to((run_dir / "entries").resolve(), target_is_directory=True)
+        target = out
+    register_model_builders()
+    table = build_table(target, judge or config.get("judge", "vader"), plots=plots,
+                        batch_size=batch_size)
+    if as_json:
+        console.print_json(json.dumps(table))
+        return
+    print_table(table)
+    console.print(f"table: {escape(str(target / 'table.md'))}")

@@ -2,7 +2,8 @@
 
 Formats (by suffix): ``.jsonl`` (one object a line), ``.json`` (a list of objects, or
 ``{"data": [...]}``), ``.parquet``, ``.csv`` (a header row). A folder holds one file per split,
-``train.<ext>`` and ``test.<ext>``; a single file is split 80/20 with a fixed seed
+``train.<ext>`` and ``test.<ext>`` (and optionally ``meta.json``, e.g. ``{"prompt_format":
+"hh"}`` for Anthropic-HH transcripts); a single file is split 80/20 with a fixed seed
 (``split="all"`` keeps every row).
 
 The kind comes from the fields present: ``chosen`` + ``rejected`` -> preference, ``label`` ->
@@ -41,6 +42,7 @@ def load_local(spec: str, *, split: str = "train", n: int | None = None, seed: i
     if path.is_dir():
         data = read_local(_split_file(path, split), kind, name=f"local:{spec}")
         data.meta["split"] = split
+        data.meta.update(_folder_meta(path))
         return data.subset(n, seed)
     return split_in_memory(read_local(path, kind, name=f"local:{spec}"), split, n, seed)
 
@@ -61,6 +63,27 @@ def parse_spec(spec: str) -> tuple[Path, str | None]:
     if not path.exists():
         raise W2SError(f"local:{spec}: no such file or folder {path}; check the path")
     return path, kind
+
+
+FOLDER_META = ("prompt_format",)
+"""What a folder's ``meta.json`` may say about its data: ``prompt_format`` (``hh`` for
+Anthropic-HH transcripts, read as they are; default ``plain``)."""
+
+
+def _folder_meta(folder: Path) -> dict[str, Any]:
+    """A folder's ``meta.json`` (only :data:`FOLDER_META` keys), or nothing."""
+    path = folder / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise W2SError(f"{path}: not valid JSON ({e.msg}); fix it or remove it") from None
+    unknown = sorted(set(meta) - set(FOLDER_META)) if isinstance(meta, dict) else None
+    if unknown is None or unknown:
+        raise W2SError(f"{path}: a data folder's meta.json may hold only "
+                       f"{', '.join(FOLDER_META)}; got {unknown if unknown else meta!r}")
+    return meta
 
 
 def _split_file(folder: Path, split: str) -> Path:
