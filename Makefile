@@ -26,7 +26,7 @@ REPRODUCE_ENV ?= HF_HUB_OFFLINE=0
 .PHONY: demo-macpo reproduce-macpo
 .PHONY: demo-wspo reproduce-wspo
 .PHONY: demo-logits reproduce-logits demo-expo reproduce-expo demo-weak-label reproduce-weak-label
-.PHONY: demo-reason reproduce-reason
+.PHONY: demo-reason reproduce-reason demo-compare reproduce-compare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,7 @@ demo-tiny: install  ## every method on its tiny in-process recipe (minutes; what
 	$(MAKE) --no-print-directory demo-weak-label
 	$(MAKE) --no-print-directory demo-expo
 	$(MAKE) --no-print-directory demo-reason
+	$(MAKE) --no-print-directory demo-compare
 	$(BIN)/w2s runs runs
 
 demo-generalize: install  ## W2S generalization in the tiny world: weak < w2s < ceiling, PGR with CI
@@ -166,6 +167,12 @@ reproduce-reason: install  ## the paper's settings: Llama2-7b -> Llama2-70b on G
 	$(REPRODUCE_ENV) $(BIN)/w2s reason --recipe recipes/reason/gsm8k-llama2-70b.yaml
 	$(REPRODUCE_ENV) $(BIN)/w2s reason --recipe recipes/reason/math-llama2-70b.yaml
 	$(REPRODUCE_ENV) $(BIN)/w2s reason --recipe recipes/reason/math-llama3-8b-70b.yaml
+
+demo-compare: install  ## every W2S method on one tiny weak/strong pair, one judge (VADER), one table: ~4 min
+	$(BIN)/w2s compare --recipe recipes/compare/tiny.yaml
+
+reproduce-compare: install  ## every W2S method on Qwen2-1.5B-Instruct -> Qwen2-7B-Instruct, UltraFeedback, a reward-model judge (GPUs + hub); resumable
+	$(REPRODUCE_ENV) $(BIN)/w2s compare --recipe recipes/compare/qwen2-ultrafeedback.yaml --run-dir runs/compare-qwen2-ultrafeedback
 
 lint: install
 	$(BIN)/ruff check w2s tests benchmarks

@@ -154,3 +154,20 @@ def test_missing_file(tmp_path):
     assert "nope.jsonl" in str(err.value)
     with pytest.raises(W2SError, match="needs a path"):
         load_task("local:")
+
+
+def test_a_folders_meta_json_carries_its_prompt_format_and_nothing_else(tmp_path):
+    rows = [{"id": f"r{i}", "prompt": f"\n\nHuman: q{i}\n\nAssistant:", "chosen": "a",
+             "rejected": "b"} for i in range(3)]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_task(f"local:{tmp_path}", split="test").meta["prompt_format"] == "plain"
+    (tmp_path / "meta.json").write_text(json.dumps({"prompt_format": "hh"}))
+    data = load_task(f"local:{tmp_path}", split="train")
+    assert data.meta["prompt_format"] == "hh" and [r["id"] for r in data.rows] == ["r0", "r1", "r2"]
+    (tmp_path / "meta.json").write_text(json.dumps({"prompt_format": "hh", "labels": 3}))
+    with pytest.raises(W2SError, match="meta.json may hold only prompt_format"):
+        load_task(f"local:{tmp_path}", split="train")
+    (tmp_path / "meta.json").write_text("{")
+    with pytest.raises(W2SError, match="not valid JSON"):
+        load_task(f"local:{tmp_path}", split="train")

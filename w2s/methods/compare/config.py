@@ -225,7 +225,8 @@ def entry_recipes(cfg: CompareConfig, paths: dict[str, str]) -> dict[str, dict]:
              "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha}
     recipes: dict[str, dict] = {
         "wspo": {**common, **eval_, "weak": weak, "weak_aligned": paths["weak_aligned"],
-                 "strong": cfg.strong, "n_train": None, "save_model": True},
+                 "strong": cfg.strong, "n_train": None, "save_model": True,
+                 "weak_dpo": _train(cfg.weak_dpo)},   # unused (weak_aligned given); its precision
         "weak_label": {**common, **eval_, "weak": weak, "strong": cfg.strong,
                        "beta": cfg.beta, "weak_dpo": _train(cfg.weak_dpo),
                        "strong_dpo": _train(cfg.ceiling_dpo)},

@@ -300,6 +300,8 @@ def _write_recipe(root: Path, run_name: str, recipe: dict) -> None:
 def _metrics(cfg: CompareConfig, table: dict, index: dict, shared: dict) -> dict:
     """metrics.json: the table's rows by entry, the best entry, and the compute of every run
     once (the shared weak alignment once too)."""
+    from w2s.methods.compare.table import _total
+
     rows = [r for r in table["rows"] if r.get("status") == "ok"]
     basis = table["gap_basis"]
     ranked = sorted((r for r in rows if r["entry"] not in ("strong", "ceiling")
@@ -307,9 +309,12 @@ def _metrics(cfg: CompareConfig, table: dict, index: dict, shared: dict) -> dict
     stages: dict[str, dict] = {}
     for r in rows:
         run = r["run"]
-        if run not in stages:
-            record = json.loads((Path(cfg.run_dir) / run / "metrics.json").read_text())
-            stages[run] = (record.get("compute") or {}).get("total", {})
+        if run not in stages:   # the whole run, less what no entry is charged (pretraining)
+            c = _total(Path(cfg.run_dir) / run / "metrics.json")
+            stages[run] = {"wall_s": c["wall_s"], "forward_tokens": c["forward_tokens"],
+                           "backward_tokens": c["training_tokens"],
+                           "generated_tokens": c["generated_tokens"],
+                           "peak_memory_bytes": c["peak_memory_bytes"]}
     for name, record in shared.items():
         stages[f"shared/{name}"] = {"wall_s": record["wall_s"],
                                     "forward_tokens": record["forward_tokens"],
