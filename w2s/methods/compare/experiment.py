@@ -300,7 +300,7 @@ def _write_recipe(root: Path, run_name: str, recipe: dict) -> None:
 def _metrics(cfg: CompareConfig, table: dict, index: dict, shared: dict) -> dict:
     """metrics.json: the table's rows by entry, the best entry, and the compute of every run
     once (the shared weak alignment once too)."""
-    from w2s.methods.compare.table import _total
+    from w2s.methods.compare.table import _total, record_of
 
     rows = [r for r in table["rows"] if r.get("status") == "ok"]
     basis = table["gap_basis"]
@@ -310,17 +310,9 @@ def _metrics(cfg: CompareConfig, table: dict, index: dict, shared: dict) -> dict
     for r in rows:
         run = r["run"]
         if run not in stages:   # the whole run, less what no entry is charged (pretraining)
-            c = _total(Path(cfg.run_dir) / run / "metrics.json")
-            stages[run] = {"wall_s": c["wall_s"], "forward_tokens": c["forward_tokens"],
-                           "backward_tokens": c["training_tokens"],
-                           "generated_tokens": c["generated_tokens"],
-                           "peak_memory_bytes": c["peak_memory_bytes"]}
-    for name, record in shared.items():
-        stages[f"shared/{name}"] = {"wall_s": record["wall_s"],
-                                    "forward_tokens": record["forward_tokens"],
-                                    "backward_tokens": record["training_tokens"],
-                                    "generated_tokens": record["generated_tokens"],
-                                    "peak_memory_bytes": record["peak_memory_bytes"]}
+            stages[run] = record_of(_total(Path(cfg.run_dir) / run / "metrics.json"))
+    for name, figures in shared.items():
+        stages[f"shared/{name}"] = record_of(figures)
     total = {k: sum(s.get(k, 0) for s in stages.values())
              for k in ("wall_s", "forward_tokens", "backward_tokens", "generated_tokens")}
     total["peak_memory_bytes"] = max((s.get("peak_memory_bytes", 0) for s in stages.values()),

@@ -21,8 +21,9 @@ from typing import Any
 from w2s import compute
 from w2s.errors import W2SError
 from w2s.methods.compare.config import CompareConfig, sampling
+from w2s.methods.compare.table import figures_of
 from w2s.models.loading import release_memory
-from w2s.runs import Cache, Run, cached_stage, content_hash
+from w2s.runs import Cache, Run, atomic_write_text, cached_stage, content_hash, read_jsonl
 
 VERSION = 1
 """Bump when a reference stage's output changes meaning (invalidates its cache entries)."""
@@ -42,11 +43,8 @@ class Data:
     def write(self, folder: Path) -> None:
         """The data as a local task folder (``local:<folder>``: train.jsonl, test.jsonl,
         meta.json), what every method entry reads: the same pairs, the same prompts, in order."""
-        from w2s.runs import atomic_write_text
-
         for name, rows in (("train", self.train), ("test", self.test)):
-            atomic_write_text(folder / f"{name}.jsonl",
-                              "".join(json.dumps(r) + "\n" for r in rows))
+            _write(folder / f"{name}.jsonl", rows)
         atomic_write_text(folder / "meta.json",
                           json.dumps({"prompt_format": self.prompt_format}) + "\n")
 
@@ -166,7 +164,9 @@ class References:
                           "final_loss": result.final_loss})
                 del model
                 release_memory()
-        self.shared["weak_alignment"] = _flat(compute.record()["stages"]["weak_alignment"])
+        stage = compute.record()["stages"]["weak_alignment"]
+        self.shared["weak_alignment"] = figures_of(stage, ["weak_alignment"] if stage["cached"]
+                                                   else [])
         return str(st.path)
 
     # -- the entries -----------------------------------------------------------------------------
@@ -214,7 +214,7 @@ class References:
                            meta={"stage": f"{label} answers"})
                 del model
                 release_memory()
-        return _read(st.path / "generations.jsonl")
+        return read_jsonl(st.path / "generations.jsonl")
 
     def _ceiling(self) -> tuple[list[dict], dict]:
         """DPO of the strong model on the gold pairs; its answers; the model kept (ExPO)."""
@@ -253,7 +253,7 @@ class References:
                            meta={"stage": "weak aligned answers to the training prompts"})
                 del model
                 release_memory()
-        teacher = _read(st.path / "generations.jsonl")
+        teacher = read_jsonl(st.path / "generations.jsonl")
         return self._trained("naive_sft", "compare-naive-sft", cfg.sft,
                              lambda model, tok, train_cfg, st2: train_sft(
                                  model, tok, teacher, train_cfg, max_len=cfg.max_len,
@@ -289,24 +289,10 @@ class References:
                 st.publish(write, meta={"stage": name})
                 del model
                 release_memory()
-        return (_read(st.path / "generations.jsonl"),
+        return (read_jsonl(st.path / "generations.jsonl"),
                 {"model": str(st.path / "model"),
                  "training": json.loads((st.path / "train.json").read_text())})
 
 
-def _flat(stage: dict) -> dict:
-    """A compute stage in the table's keys."""
-    return {"training_tokens": int(stage.get("backward_tokens", 0)),
-            "forward_tokens": int(stage.get("forward_tokens", 0)),
-            "generated_tokens": int(stage.get("generated_tokens", 0)),
-            "wall_s": float(stage.get("wall_s", 0.0)),
-            "peak_memory_bytes": int(stage.get("peak_memory_bytes", 0)),
-            "cached_stages": ["weak_alignment"] if stage.get("cached") else []}
-
-
 def _write(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

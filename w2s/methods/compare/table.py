@@ -99,12 +99,26 @@ def _total(metrics_path: Path, stages: tuple[str, ...] | None = None) -> dict[st
         for name in NOT_COUNTED:
             for k in counted:
                 total[k] = total.get(k, 0) - every.get(name, {}).get(k, 0)
-    return {"training_tokens": int(total.get("backward_tokens", 0)),
-            "forward_tokens": int(total.get("forward_tokens", 0)),
-            "generated_tokens": int(total.get("generated_tokens", 0)),
-            "wall_s": float(total.get("wall_s", 0.0)),
-            "peak_memory_bytes": int(total.get("peak_memory_bytes", 0)),
-            "cached_stages": sorted(k for k, v in parts.items() if v.get("cached"))}
+    return figures_of(total, [k for k, v in parts.items() if v.get("cached")])
+
+
+def figures_of(record: dict, cached=()) -> dict[str, Any]:
+    """A :mod:`w2s.compute` record (a stage or a total) in the table's keys: training tokens
+    are the tokens through a backward pass."""
+    return {"training_tokens": int(record.get("backward_tokens", 0)),
+            "forward_tokens": int(record.get("forward_tokens", 0)),
+            "generated_tokens": int(record.get("generated_tokens", 0)),
+            "wall_s": float(record.get("wall_s", 0.0)),
+            "peak_memory_bytes": int(record.get("peak_memory_bytes", 0)),
+            "cached_stages": sorted(cached)}
+
+
+def record_of(figures: dict) -> dict[str, Any]:
+    """The table's compute keys back in :mod:`w2s.compute`'s (metrics.json's ``compute``)."""
+    return {"wall_s": figures["wall_s"], "forward_tokens": figures["forward_tokens"],
+            "backward_tokens": figures["training_tokens"],
+            "generated_tokens": figures["generated_tokens"],
+            "peak_memory_bytes": figures["peak_memory_bytes"]}
 
 
 def _add(a: dict, b: dict) -> dict:
